@@ -1,0 +1,1 @@
+"""Metric analysis (AnalysisTemplate / AnalysisRun): arrives with the analysis issue."""

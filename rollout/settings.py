@@ -1,0 +1,46 @@
+"""Controller settings: every tunable number in one place, as data.
+
+Retry and backoff sequences live here rather than in the code that retries (kopf's `settings` did this well), so
+operators change them from the command line or the chart and tests can shorten them without test-only hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RetrySettings:
+    """How the Kubernetes client retries temporary failures (429, 5xx, connection errors)."""
+
+    attempts: int = 5
+    backoff: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 5.0)
+    max_retry_after: float = 30.0
+    request_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """How failed reconciles are retried per Rollout: exponential backoff, reset after a success."""
+
+    workers: int = 4
+    error_backoff: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
+    # Even without events, every Rollout is looked at this often: traffic weights are re-verified, timed
+    # pauses and scale-down deadlines are re-checked if a delayed requeue was lost.
+    resync_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
+class WatchSettings:
+    timeout_seconds: int = 300
+    error_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    retry: RetrySettings = field(default_factory=RetrySettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
+    watch: WatchSettings = field(default_factory=WatchSettings)
+    field_manager: str = "sluice"
+    controller_name: str = "sluice-controller"

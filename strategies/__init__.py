@@ -1,0 +1,5 @@
+"""Pure planners: decide what a Rollout needs next from its spec, status and an observed-state snapshot.
+
+Nothing here does I/O (an import-linter contract in pyproject.toml enforces it); `rollout/` reads the cluster,
+calls `canary.plan` and applies the returned `Decision`.
+"""

@@ -1,0 +1,464 @@
+"""The canary planner: `plan(rollout, observed) -> Decision`, pure.
+
+One call looks at the Rollout (spec + status) and what the reconciler observed (ReplicaSets, the Services' current
+selectors, the router's current weight) and returns what should happen next. Everything it needs to continue lives in
+the status and in ReplicaSet labels/annotations, so a restarted controller reaches the same decision.
+
+Paths, by what the template hash says:
+- template == stable: steady state, first version, or fast rollback (steps skipped): all traffic on stable.
+- abort requested (or progress deadline with progressDeadlineAbort): traffic to stable first, canary scaled down later.
+- otherwise walk the steps from `currentStepIndex`: setWeight scales the canary, waits for its pods, then moves
+  traffic; pause waits for its duration (from a start time kept in status) or for a human; after the last step the
+  canary is scaled to full size, the stable Service switches to it, and the old stable is scaled down after a delay.
+
+Invariants (tested with hypothesis in tests/unit): the canary weight never decreases except on abort, a new revision
+or a rollback; the canary never has more replicas than `spec.replicas`; no traffic moves to pods that are not
+available.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from strategies.decision import (
+    Action,
+    CreateReplicaSet,
+    Decision,
+    DeleteReplicaSet,
+    Event,
+    MarkScaleDown,
+    ScaleReplicaSet,
+    SetRevision,
+    SetServiceSelector,
+    SetWeight,
+    condition,
+)
+from strategies.model import (
+    Observed,
+    PauseStep,
+    ReplicaSetState,
+    Rollout,
+    RolloutStatus,
+    SetWeightStep,
+    format_time,
+    seconds_until,
+    steps_hash,
+)
+
+PAUSE_REASON = "CanaryPauseStep"
+
+
+def canary_replicas(weight: int, replicas: int) -> int:
+    """ceil(weight% of replicas): the canary pods a weight needs."""
+    return (weight * replicas + 99) // 100
+
+
+@dataclass(frozen=True)
+class _Ctx:
+    rollout: Rollout
+    obs: Observed
+    now: datetime
+    desired: str
+    stable: str
+    new_revision: bool
+    index: int
+    held_weight: int  # the weight this revision already reached; never lowered except on abort/supersede
+    abort: bool
+    abort_reason: str
+    last_progress: datetime
+
+    @property
+    def status(self) -> RolloutStatus:
+        return self.rollout.status
+
+    @property
+    def canary_rs(self) -> ReplicaSetState | None:
+        return self.obs.by_hash.get(self.desired)
+
+    @property
+    def stable_rs(self) -> ReplicaSetState | None:
+        return self.obs.by_hash.get(self.stable)
+
+
+@dataclass
+class _Draft:
+    summary: str = "Progressing"
+    actions: list[Action] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    status: dict[str, Any] = field(default_factory=dict)
+    wake: list[float] = field(default_factory=list)
+
+    def act(self, action: Action) -> None:
+        self.actions.append(action)
+        reason, message = action.describe()
+        self.events.append(Event(reason, message))
+
+    def event(self, reason: str, message: str, *, warning: bool = False) -> None:
+        self.events.append(Event(reason, message, warning))
+
+
+def plan(rollout: Rollout, observed: Observed) -> Decision:
+    ctx, draft = _context(rollout, observed), _Draft()
+    if rollout.status.stable_hash and ctx.stable != rollout.status.stable_hash:
+        draft.event("StableReplicaSetMissing", f"no ReplicaSet for stable {rollout.status.stable_hash}; "
+                    f"revision {ctx.desired} becomes stable", warning=True)
+    if ctx.desired == ctx.stable:
+        _plan_stable(ctx, draft)
+    elif ctx.abort:
+        _plan_abort(ctx, draft)
+    else:
+        _plan_canary(ctx, draft)
+    wake = min([*draft.wake, observed.resync])
+    return Decision(summary=draft.summary, actions=tuple(draft.actions), status=draft.status,
+                    events=tuple(draft.events), requeue_after=wake)
+
+
+def _context(rollout: Rollout, obs: Observed) -> _Ctx:
+    spec, st = rollout.spec, rollout.status
+    desired = spec.template_hash
+    stable = st.stable_hash if st.stable_hash and st.stable_hash in obs.by_hash else desired
+    new_revision = st.canary_hash != desired
+    reset = new_revision or st.current_step_hash != steps_hash(spec.canary.steps)
+    watched = obs.canary_weight if obs.canary_service_hash == desired else 0
+    return _Ctx(
+        rollout=rollout, obs=obs, now=obs.now, desired=desired, stable=stable, new_revision=new_revision,
+        index=0 if reset else st.current_step_index,
+        held_weight=0 if new_revision else max(st.canary_weight, watched),
+        abort=st.abort and not new_revision, abort_reason="requested by a user",
+        last_progress=obs.now if new_revision or st.last_progress_time is None else st.last_progress_time,
+    )
+
+
+# -- the three paths ---------------------------------------------------------------------------------------------
+
+
+def _plan_stable(ctx: _Ctx, draft: _Draft) -> None:
+    spec, st = ctx.rollout.spec, ctx.status
+    if ctx.new_revision and st.canary_hash is not None and st.stable_hash == ctx.desired:
+        draft.summary = "FastRollback"
+        draft.event("RolloutRolledBack", f"template is back to stable {ctx.stable}: steps skipped, canary "
+                    f"{st.canary_hash} loses its traffic")
+    _ensure_replica_sets(ctx, draft, {ctx.stable: spec.replicas})
+    _set_stable_selector(ctx, draft, ctx.stable)
+    _route(ctx, draft, weight=0, canary_hash=ctx.stable)
+    _retire_replica_sets(ctx, draft, keep={ctx.stable}, delay=spec.canary.abort_scale_down_delay)
+    available = ctx.stable_rs.available if ctx.stable_rs else 0
+    healthy = available >= spec.replicas
+    if spec.paused:
+        phase, message = "Paused", "paused by a user (spec.paused)"
+    elif healthy:
+        phase, message = "Healthy", f"revision {ctx.stable} is stable with {available}/{spec.replicas} available"
+    else:
+        phase, message = "Progressing", f"waiting for stable pods: {available}/{spec.replicas} available"
+    if draft.summary == "Progressing":
+        draft.summary = phase
+    _progress(ctx, draft, index=len(spec.canary.steps), weight=0, abort=False, clear_pause=True)
+    _finish(ctx, draft, phase=phase, message=message,
+            progressing=(True, "RolloutCompleted" if healthy else "ReplicaSetUpdated"),
+            paused="PausedByUser" if spec.paused else None)
+
+
+def _plan_abort(ctx: _Ctx, draft: _Draft) -> None:
+    spec, st = ctx.rollout.spec, ctx.status
+    draft.summary = "Aborted"
+    _ensure_replica_sets(ctx, draft, {ctx.stable: spec.replicas})
+    _set_stable_selector(ctx, draft, ctx.stable)
+    _route(ctx, draft, weight=0, canary_hash=ctx.stable)
+    _retire_replica_sets(ctx, draft, keep={ctx.stable}, delay=spec.canary.abort_scale_down_delay)
+    first = not st.abort or st.aborted_at is None
+    if first:
+        message = (f"Rollout aborted: {ctx.abort_reason}. All traffic is on stable {ctx.stable}; "
+                   "set status.abort=false to retry.")
+        draft.event("RolloutAborted", f"rollout of {ctx.desired} aborted ({ctx.abort_reason}): 100% of traffic "
+                    f"back on stable {ctx.stable}", warning=True)
+    else:
+        message = st.message
+    _progress(ctx, draft, index=0, weight=0, abort=True, clear_pause=True)
+    draft.status["abortedAt"] = format_time(st.aborted_at or ctx.now)
+    _finish(ctx, draft, phase="Degraded", message=message, progressing=(False, "RolloutAborted"),
+            degraded=("RolloutAborted", message))
+
+
+def _plan_canary(ctx: _Ctx, draft: _Draft) -> None:
+    spec = ctx.rollout.spec
+    steps, index = spec.canary.steps, ctx.index
+    if ctx.status.promote_full and not ctx.new_revision:
+        index = len(steps)
+    step = steps[index] if index < len(steps) else None
+    target_weight = step.weight if isinstance(step, SetWeightStep) else (100 if step is None else ctx.held_weight)
+    needed = spec.replicas if step is None else canary_replicas(max(target_weight, ctx.held_weight), spec.replicas)
+    _ensure_replica_sets(ctx, draft, {ctx.stable: spec.replicas, ctx.desired: needed})
+    _set_stable_selector(ctx, draft, ctx.stable)
+    canary = ctx.canary_rs
+    available = canary.available if canary else 0
+    route_to = ctx.desired if available > 0 else ctx.stable
+    ready = canary is not None and available >= needed and canary.replicas >= needed
+    if spec.paused:
+        _route(ctx, draft, weight=ctx.held_weight, canary_hash=route_to)
+        _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+        _hold(ctx, draft, index=index, phase="Paused", message="paused by a user (spec.paused)", paused="PausedByUser")
+    elif not ready:
+        _route(ctx, draft, weight=ctx.held_weight, canary_hash=route_to)
+        _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+        _wait_for_canary(ctx, draft, index=index, available=available, needed=needed)
+    elif step is None:
+        _promote(ctx, draft)
+    elif isinstance(step, SetWeightStep):
+        _route(ctx, draft, weight=max(step.weight, ctx.held_weight), canary_hash=ctx.desired)
+        _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+        _advance(ctx, draft, index=index, weight=max(step.weight, ctx.held_weight),
+                 what=f"setWeight {step.weight}")
+    else:
+        _route(ctx, draft, weight=ctx.held_weight, canary_hash=ctx.desired)
+        _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+        _pause_step(ctx, draft, index=index, step=step)
+
+
+# -- canary step handling ----------------------------------------------------------------------------------------
+
+
+def _pause_step(ctx: _Ctx, draft: _Draft, *, index: int, step: PauseStep) -> None:
+    st, total = ctx.status, len(ctx.rollout.spec.canary.steps)
+    fresh = ctx.index != st.current_step_index or ctx.new_revision or not st.controller_pause
+    if fresh:
+        draft.summary = "Paused"
+        draft.event("RolloutPaused", f"step {index + 1}/{total}: pause "
+                    + (f"for {step.duration:g}s" if step.duration is not None else "until resumed"))
+        draft.status["controllerPause"] = True
+        draft.status["pauseConditions"] = [{"reason": PAUSE_REASON, "startTime": format_time(ctx.now)}]
+        if step.duration is not None:
+            draft.wake.append(step.duration)
+        _hold(ctx, draft, index=index, phase="Paused", message=_pause_message(step, index, total, ctx.now),
+              paused=PAUSE_REASON)
+        return
+    if not st.pause_conditions:
+        draft.event("RolloutResumed", f"step {index + 1}/{total}: pause released by a user")
+        _advance(ctx, draft, index=index, weight=ctx.held_weight, what="pause (resumed)")
+        return
+    started = st.pause_conditions[0].start_time
+    if step.duration is not None:
+        ends = started + timedelta(seconds=step.duration)
+        if ends <= ctx.now:
+            _advance(ctx, draft, index=index, weight=ctx.held_weight, what=f"pause of {step.duration:g}s")
+            return
+        draft.wake.append(seconds_until(ends, ctx.now))
+    draft.summary = "Paused"
+    _hold(ctx, draft, index=index, phase="Paused", message=_pause_message(step, index, total, started),
+          paused=PAUSE_REASON)
+
+
+def _pause_message(step: PauseStep, index: int, total: int, started: datetime) -> str:
+    if step.duration is None:
+        return f"paused at step {index + 1}/{total} until resumed (remove status.pauseConditions)"
+    ends = started + timedelta(seconds=step.duration)
+    return f"paused at step {index + 1}/{total} until {format_time(ends)}"
+
+
+def _advance(ctx: _Ctx, draft: _Draft, *, index: int, weight: int, what: str) -> None:
+    total = len(ctx.rollout.spec.canary.steps)
+    draft.summary = "StepCompleted"
+    draft.event("RolloutStepCompleted", f"step {index + 1}/{total} completed: {what}")
+    draft.wake.append(0.0)
+    _progress(ctx, draft, index=index + 1, weight=weight, abort=False, last_progress=ctx.now, clear_pause=True)
+    _finish(ctx, draft, phase="Progressing", message=f"step {index + 1}/{total} completed: {what}",
+            progressing=(True, "RolloutStepCompleted"))
+
+
+def _wait_for_canary(ctx: _Ctx, draft: _Draft, *, index: int, available: int, needed: int) -> None:
+    spec, st = ctx.rollout.spec, ctx.status
+    last_progress = ctx.last_progress
+    if available > st.canary_available_replicas and not ctx.new_revision:
+        last_progress = ctx.now
+    deadline = last_progress + timedelta(seconds=spec.progress_deadline)
+    total = len(spec.canary.steps)
+    where = f"step {index + 1}/{total}" if index < total else "full promotion"
+    if deadline > ctx.now:
+        draft.wake.append(seconds_until(deadline, ctx.now))
+        _hold(ctx, draft, index=index, phase="Progressing", last_progress=last_progress,
+              message=f"{where}: waiting for canary pods: {available}/{needed} available")
+        return
+    message = (f"ProgressDeadlineExceeded: canary {ctx.desired} has {available}/{needed} available pods after "
+               f"{spec.progress_deadline:g}s at {where}")
+    if spec.progress_deadline_abort:
+        aborted = replace(ctx, abort=True, abort_reason=message)
+        draft.event("ProgressDeadlineExceeded", message, warning=True)
+        _plan_abort(aborted, draft)
+        return
+    previous = st.condition("Degraded")
+    if previous is None or previous.reason != "ProgressDeadlineExceeded" or previous.status != "True":
+        draft.event("ProgressDeadlineExceeded", message, warning=True)
+    draft.summary = "Degraded"
+    _progress(ctx, draft, index=index, weight=ctx.held_weight, abort=False, last_progress=last_progress)
+    _finish(ctx, draft, phase="Degraded", message=message, progressing=(False, "ProgressDeadlineExceeded"),
+            degraded=("ProgressDeadlineExceeded", message))
+
+
+def _promote(ctx: _Ctx, draft: _Draft) -> None:
+    spec = ctx.rollout.spec
+    draft.summary = "Promoted"
+    old_stable = ctx.stable_rs
+    _ensure_replica_sets(ctx, draft, {ctx.desired: spec.replicas})
+    _set_stable_selector(ctx, draft, ctx.desired)
+    _route(ctx, draft, weight=0, canary_hash=ctx.desired)
+    keep = {ctx.desired}
+    if old_stable is not None and old_stable.replicas > 0 and old_stable.scale_down_at is None:
+        draft.act(MarkScaleDown(old_stable.name, ctx.now + timedelta(seconds=spec.canary.scale_down_delay)))
+        keep.add(old_stable.hash)
+    _retire_replica_sets(ctx, draft, keep=keep, delay=spec.canary.abort_scale_down_delay)
+    draft.event("RolloutCompleted", f"revision {ctx.desired} promoted: it is the new stable, old stable "
+                f"{ctx.stable} scales down in {spec.canary.scale_down_delay:g}s")
+    draft.wake.append(0.0)
+    draft.status["stableHash"] = ctx.desired
+    _progress(ctx, draft, index=len(spec.canary.steps), weight=0, abort=False, last_progress=ctx.now,
+              clear_pause=True)
+    _finish(ctx, draft, phase="Healthy", message=f"revision {ctx.desired} is fully promoted",
+            progressing=(True, "RolloutCompleted"))
+
+
+def _hold(ctx: _Ctx, draft: _Draft, *, index: int, phase: str, message: str, paused: str | None = None,
+          last_progress: datetime | None = None) -> None:
+    if paused is not None and draft.summary == "Progressing":
+        draft.summary = "Paused"
+    if last_progress is None:
+        # Time spent paused does not count against the progress deadline.
+        last_progress = ctx.now if paused else ctx.last_progress
+    _progress(ctx, draft, index=index, weight=ctx.held_weight, abort=False, last_progress=last_progress)
+    _finish(ctx, draft, phase=phase, message=message, progressing=(True, "ReplicaSetUpdated"), paused=paused)
+
+
+# -- shared pieces -----------------------------------------------------------------------------------------------
+
+
+def _route(ctx: _Ctx, draft: _Draft, *, weight: int, canary_hash: str) -> None:
+    """Traffic leaves before the canary Service's pods change, and arrives only after."""
+    current = ctx.obs.canary_weight
+    if weight < current:
+        draft.act(SetWeight(weight, current))
+        current = weight
+    if ctx.obs.canary_service_hash != canary_hash:
+        draft.act(SetServiceSelector(ctx.rollout.spec.canary.canary_service, canary_hash))
+    if weight > current:
+        draft.act(SetWeight(weight, current))
+
+
+def _set_stable_selector(ctx: _Ctx, draft: _Draft, hash_: str) -> None:
+    if ctx.obs.stable_service_hash != hash_:
+        draft.act(SetServiceSelector(ctx.rollout.spec.canary.stable_service, hash_))
+
+
+def _ensure_replica_sets(ctx: _Ctx, draft: _Draft, wanted: dict[str, int]) -> None:
+    top = max((rs.revision for rs in ctx.obs.replica_sets), default=0)
+    for hash_, replicas in wanted.items():
+        rs = ctx.obs.by_hash.get(hash_)
+        if rs is None:
+            top += 1
+            draft.act(CreateReplicaSet(hash_, top, replicas))
+            continue
+        if rs.scale_down_at is not None:
+            draft.act(MarkScaleDown(rs.name, None))
+        if rs.replicas != replicas:
+            draft.act(ScaleReplicaSet(rs.name, replicas, rs.replicas))
+        if hash_ == ctx.desired and rs.revision < top:
+            draft.act(SetRevision(rs.name, top + 1))
+
+
+def _retire_replica_sets(ctx: _Ctx, draft: _Draft, *, keep: set[str], delay: float) -> None:
+    """Scale down every other ReplicaSet after its deadline; prune zero-sized ones past revisionHistoryLimit."""
+    idle: list[ReplicaSetState] = []
+    for rs in ctx.obs.replica_sets:
+        if rs.hash in keep:
+            continue
+        if rs.replicas == 0:
+            if rs.ready == 0:
+                idle.append(rs)
+        elif rs.scale_down_at is None:
+            draft.act(MarkScaleDown(rs.name, ctx.now + timedelta(seconds=delay)))
+            draft.wake.append(delay)
+        elif rs.scale_down_at <= ctx.now:
+            draft.act(ScaleReplicaSet(rs.name, 0, rs.replicas))
+        else:
+            draft.wake.append(seconds_until(rs.scale_down_at, ctx.now))
+    idle.sort(key=lambda rs: rs.revision, reverse=True)
+    for rs in idle[ctx.rollout.spec.revision_history_limit:]:
+        draft.act(DeleteReplicaSet(rs.name))
+
+
+def _progress(ctx: _Ctx, draft: _Draft, *, index: int, weight: int, abort: bool,
+              last_progress: datetime | None = None, clear_pause: bool = False) -> None:
+    spec, obs = ctx.rollout.spec, ctx.obs
+    total = len(spec.canary.steps)
+    rs_all = obs.replica_sets
+    canary = ctx.canary_rs if ctx.desired != ctx.stable else None
+    stable = ctx.stable_rs
+    values: dict[str, Any] = {
+        "observedGeneration": ctx.rollout.generation,
+        "currentStepIndex": index,
+        "currentStepHash": steps_hash(spec.canary.steps),
+        "stepDisplay": f"{min(index, total)}/{total}",
+        "canaryWeight": weight,
+        "stableHash": ctx.stable,
+        "canaryHash": ctx.desired,
+        "replicas": sum(rs.replicas for rs in rs_all),
+        "updatedReplicas": ctx.canary_rs.replicas if ctx.canary_rs else 0,
+        "readyReplicas": sum(rs.ready for rs in rs_all),
+        "availableReplicas": sum(rs.available for rs in rs_all),
+        "stableReplicas": stable.replicas if stable else 0,
+        "stableAvailableReplicas": stable.available if stable else 0,
+        "canaryReplicas": canary.replicas if canary else 0,
+        "canaryAvailableReplicas": canary.available if canary else 0,
+        "abort": abort,
+        "promoteFull": ctx.status.promote_full and not ctx.new_revision and not abort and ctx.desired != ctx.stable,
+        "lastProgressTime": format_time(last_progress or ctx.last_progress),
+    }
+    if clear_pause:
+        values["controllerPause"] = False
+        values["pauseConditions"] = []
+    if not abort:
+        values["abortedAt"] = None
+    for key, value in values.items():
+        draft.status.setdefault(key, value)
+
+
+def _finish(ctx: _Ctx, draft: _Draft, *, phase: str, message: str, progressing: tuple[bool, str],
+            degraded: tuple[str, str] | None = None, paused: str | None = None) -> None:
+    previous, now, spec = ctx.status.conditions, ctx.now, ctx.rollout.spec
+    stable_available = ctx.stable_rs.available if ctx.stable_rs else 0
+    conditions = [
+        condition(previous, type_="Progressing", status=progressing[0], reason=progressing[1], message=message,
+                  now=now),
+        condition(previous, type_="Available", status=stable_available >= spec.replicas,
+                  reason="MinimumReplicasAvailable" if stable_available >= spec.replicas else "WaitingForReplicas",
+                  message=f"{stable_available}/{spec.replicas} stable pods available", now=now),
+        condition(previous, type_="Paused", status=paused is not None, reason=paused or "NotPaused",
+                  message=message if paused else "", now=now),
+        condition(previous, type_="Degraded", status=degraded is not None,
+                  reason=degraded[0] if degraded else "AsExpected", message=degraded[1] if degraded else "", now=now),
+        condition(previous, type_="InvalidSpec", status=False, reason="Valid", message="", now=now),
+    ]
+    draft.status.setdefault("phase", phase)
+    draft.status.setdefault("message", message)
+    draft.status.setdefault("conditions", conditions)
+
+
+def invalid(rollout_status: RolloutStatus, *, generation: int, message: str, now: datetime) -> Decision:
+    """The decision for a Rollout whose spec cannot be acted on: report it, change nothing else."""
+    previous = rollout_status.conditions
+    before = rollout_status.condition("InvalidSpec")
+    events: tuple[Event, ...] = ()
+    if before is None or before.status != "True" or before.message != message:
+        events = (Event("InvalidSpec", message, warning=True),)
+    kept = [
+        {"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+         "lastTransitionTime": format_time(c.last_transition_time)}
+        for c in previous if c.type not in ("InvalidSpec", "Degraded")
+    ]
+    conditions = [
+        *kept,
+        condition(previous, type_="InvalidSpec", status=True, reason="InvalidSpec", message=message, now=now),
+        condition(previous, type_="Degraded", status=True, reason="InvalidSpec", message=message, now=now),
+    ]
+    status = {"observedGeneration": generation, "phase": "Degraded", "message": f"InvalidSpec: {message}",
+              "conditions": conditions}
+    return Decision(summary="InvalidSpec", status=status, events=events)

@@ -1,0 +1,122 @@
+"""What a planner decides: an ordered list of actions, the status to write, events, and when to look again.
+
+Actions are applied by the reconciler in the order given, and the order is part of the decision: traffic leaves a
+ReplicaSet before its Service selector moves or it is scaled down, and pods are available before traffic arrives.
+The status is written once, after every action succeeded, so a controller killed half way repeats the same
+(idempotent) actions on restart and never records progress it has not made.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from strategies.model import Condition, format_time
+
+
+@dataclass(frozen=True)
+class CreateReplicaSet:
+    hash: str
+    revision: int
+    replicas: int
+
+    def describe(self) -> tuple[str, str]:
+        return ("NewReplicaSetCreated",
+                f"created ReplicaSet for revision {self.revision} ({self.hash}) with {self.replicas} replicas")
+
+
+@dataclass(frozen=True)
+class ScaleReplicaSet:
+    name: str
+    replicas: int
+    previous: int
+
+    def describe(self) -> tuple[str, str]:
+        return "ScalingReplicaSet", f"scaled ReplicaSet {self.name} from {self.previous} to {self.replicas}"
+
+
+@dataclass(frozen=True)
+class SetRevision:
+    """An older template came back: its ReplicaSet becomes the newest revision again."""
+
+    name: str
+    revision: int
+
+    def describe(self) -> tuple[str, str]:
+        return "ReplicaSetRevisionUpdated", f"ReplicaSet {self.name} is now revision {self.revision}"
+
+
+@dataclass(frozen=True)
+class MarkScaleDown:
+    """Schedule a ReplicaSet's scale-down (an annotation, so the deadline survives controller restarts)."""
+
+    name: str
+    at: datetime | None  # None removes the mark
+
+    def describe(self) -> tuple[str, str]:
+        if self.at is None:
+            return "ScaleDownCancelled", f"ReplicaSet {self.name} is needed again; scale-down cancelled"
+        return "ScaleDownScheduled", f"ReplicaSet {self.name} scales down at {format_time(self.at)}"
+
+
+@dataclass(frozen=True)
+class DeleteReplicaSet:
+    name: str
+
+    def describe(self) -> tuple[str, str]:
+        return "ReplicaSetPruned", f"deleted old ReplicaSet {self.name} (beyond revisionHistoryLimit)"
+
+
+@dataclass(frozen=True)
+class SetServiceSelector:
+    service: str
+    hash: str
+
+    def describe(self) -> tuple[str, str]:
+        return "ServiceSelectorUpdated", f"Service {self.service} now selects pods of {self.hash}"
+
+
+@dataclass(frozen=True)
+class SetWeight:
+    weight: int
+    previous: int
+
+    def describe(self) -> tuple[str, str]:
+        return "TrafficWeightUpdated", f"canary weight {self.previous} -> {self.weight} (stable {100 - self.weight})"
+
+
+Action = (
+    CreateReplicaSet | ScaleReplicaSet | SetRevision | MarkScaleDown | DeleteReplicaSet | SetServiceSelector | SetWeight
+)
+
+
+@dataclass(frozen=True)
+class Event:
+    reason: str
+    message: str
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    """`status` holds the status fields this reconcile wants (the reconciler patches only what differs)."""
+
+    summary: str  # one word for logs: Healthy, Progressing, StepCompleted, Paused, Aborted, ...
+    actions: tuple[Action, ...] = ()
+    status: Mapping[str, Any] = field(default_factory=dict)
+    events: tuple[Event, ...] = ()
+    requeue_after: float | None = None
+
+
+def condition(previous: tuple[Condition, ...], *, type_: str, status: bool, reason: str, message: str,
+              now: datetime) -> dict[str, str]:
+    """A condition in the Kubernetes convention; lastTransitionTime moves only when the status flips."""
+    status_str = "True" if status else "False"
+    before = next((c for c in previous if c.type == type_), None)
+    since = before.last_transition_time if before is not None and before.status == status_str else now
+    return {
+        "type": type_, "status": status_str, "reason": reason, "message": message,
+        "lastTransitionTime": format_time(since),
+    }

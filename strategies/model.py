@@ -1,0 +1,334 @@
+"""The Rollout as plain, frozen data: parsed spec and status, and the observed-state snapshot planners decide on.
+
+Parsing is pure and strict: a body that the CRD schema let through but that makes no sense (a duration we cannot
+read, a selector that does not match the template) raises `SpecError` with a message naming the field; the
+reconciler turns that into the InvalidSpec condition. The reconciler (rollout/) builds `Observed` from the cluster;
+planners (strategies/canary.py) never see a Kubernetes client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+HASH_LABEL = "sluice.dev/pod-template-hash"
+ROLLOUT_LABEL = "sluice.dev/rollout"
+REVISION_ANNOTATION = "sluice.dev/revision"
+SCALE_DOWN_ANNOTATION = "sluice.dev/scale-down-deadline"
+
+_DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+class SpecError(ValueError):
+    """The Rollout spec cannot be acted on; the message names the field and says why."""
+
+
+def parse_duration(text: str, *, field_name: str) -> float:
+    """'30s', '1m30s', '2h', '500ms' -> seconds."""
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != pos:
+            break
+        total += int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or not text:
+        raise SpecError(f"{field_name}: cannot read duration {text!r} (use e.g. 30s, 5m, 1h30m)")
+    return total
+
+
+def format_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def template_hash(template: Mapping[str, Any]) -> str:
+    """A stable hash of the pod template, used in ReplicaSet names and the Services' selectors."""
+    canonical = json.dumps(template, sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    # Label values and names want something short; 10 hex digits make collisions between a rollout's
+    # revisions practically impossible.
+    return digest[:10]
+
+
+# -- steps -------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetWeightStep:
+    weight: int
+
+
+@dataclass(frozen=True)
+class PauseStep:
+    duration: float | None  # seconds; None waits for a human
+
+
+Step = SetWeightStep | PauseStep
+
+
+def steps_hash(steps: tuple[Step, ...]) -> str:
+    return hashlib.sha256(repr(steps).encode()).hexdigest()[:10]
+
+
+# -- spec --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrafficRouting:
+    """Which router and its configuration, as written (routers parse their own part)."""
+
+    router: str
+    config: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class CanaryStrategy:
+    stable_service: str
+    canary_service: str
+    traffic_routing: TrafficRouting
+    steps: tuple[Step, ...]
+    scale_down_delay: float
+    abort_scale_down_delay: float
+
+
+@dataclass(frozen=True)
+class RolloutSpec:
+    replicas: int
+    match_labels: Mapping[str, str]
+    match_expressions: tuple[Mapping[str, Any], ...]
+    template: Mapping[str, Any]
+    template_hash: str
+    min_ready_seconds: int
+    revision_history_limit: int
+    progress_deadline: float
+    progress_deadline_abort: bool
+    paused: bool
+    canary: CanaryStrategy
+
+
+@dataclass(frozen=True)
+class PauseCondition:
+    reason: str
+    start_time: datetime
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str  # "True" | "False" | "Unknown"
+    reason: str
+    message: str
+    last_transition_time: datetime
+
+
+@dataclass(frozen=True)
+class RolloutStatus:
+    observed_generation: int | None = None
+    phase: str | None = None
+    message: str = ""
+    current_step_index: int = 0
+    current_step_hash: str | None = None
+    canary_weight: int = 0
+    stable_hash: str | None = None
+    canary_hash: str | None = None
+    canary_available_replicas: int = 0
+    abort: bool = False
+    aborted_at: datetime | None = None
+    promote_full: bool = False
+    controller_pause: bool = False
+    pause_conditions: tuple[PauseCondition, ...] = ()
+    last_progress_time: datetime | None = None
+    conditions: tuple[Condition, ...] = ()
+
+    def condition(self, type_: str) -> Condition | None:
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    namespace: str
+    name: str
+    generation: int
+    spec: RolloutSpec
+    status: RolloutStatus
+
+
+# -- observed state ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReplicaSetState:
+    name: str
+    hash: str
+    revision: int
+    replicas: int  # spec.replicas
+    ready: int
+    available: int
+    scale_down_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the reconciler read from the cluster for this decision, at time `now`."""
+
+    now: datetime
+    replica_sets: tuple[ReplicaSetState, ...]
+    stable_service_hash: str | None  # the hash label in the stable Service's selector, if any
+    canary_service_hash: str | None
+    canary_weight: int  # what the traffic router currently sends to the canary Service
+    resync: float = 300.0
+    by_hash: Mapping[str, ReplicaSetState] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_hash", {rs.hash: rs for rs in self.replica_sets})
+
+
+# -- parsing -----------------------------------------------------------------------------------------------------
+
+
+def _parse_step(raw: Mapping[str, Any], index: int) -> Step:
+    actions = [k for k in ("setWeight", "pause") if k in raw]
+    if len(actions) != 1:
+        raise SpecError(f"spec.strategy.canary.steps[{index}]: needs exactly one of setWeight, pause")
+    if "setWeight" in raw:
+        weight = raw["setWeight"]
+        if not isinstance(weight, int) or not 0 <= weight <= 100:
+            raise SpecError(f"spec.strategy.canary.steps[{index}].setWeight: must be an integer 0..100")
+        return SetWeightStep(weight)
+    pause = raw.get("pause") or {}
+    duration = pause.get("duration")
+    if duration is None:
+        return PauseStep(None)
+    return PauseStep(parse_duration(str(duration), field_name=f"spec.strategy.canary.steps[{index}].pause.duration"))
+
+
+def _parse_canary(raw: Mapping[str, Any]) -> CanaryStrategy:
+    routing_raw = raw.get("trafficRouting") or {}
+    routers = [k for k, v in routing_raw.items() if v is not None]
+    if len(routers) != 1:
+        raise SpecError("spec.strategy.canary.trafficRouting: needs exactly one traffic router")
+    steps = tuple(_parse_step(s, i) for i, s in enumerate(raw.get("steps") or []))
+    highest, highest_at = 0, -1
+    for i, step in enumerate(steps):
+        if isinstance(step, SetWeightStep):
+            if step.weight < highest:
+                raise SpecError(
+                    f"spec.strategy.canary.steps[{i}].setWeight: {step.weight} is lower than step {highest_at}'s "
+                    f"{highest}; weights only move forward (abort returns traffic to stable)"
+                )
+            highest, highest_at = step.weight, i
+    stable, canary = str(raw.get("stableService", "")), str(raw.get("canaryService", ""))
+    if not stable or not canary:
+        raise SpecError("spec.strategy.canary: stableService and canaryService are required")
+    if stable == canary:
+        raise SpecError("spec.strategy.canary: stableService and canaryService must be different Services")
+    return CanaryStrategy(
+        stable_service=stable,
+        canary_service=canary,
+        traffic_routing=TrafficRouting(routers[0], routing_raw[routers[0]]),
+        steps=steps,
+        scale_down_delay=float(raw.get("scaleDownDelaySeconds", 30)),
+        abort_scale_down_delay=float(raw.get("abortScaleDownDelaySeconds", 30)),
+    )
+
+
+def _selector_matches(match_labels: Mapping[str, str], expressions: tuple[Mapping[str, Any], ...],
+                      labels: Mapping[str, str]) -> bool:
+    if any(labels.get(k) != v for k, v in match_labels.items()):
+        return False
+    for expr in expressions:
+        key, op, values = expr.get("key", ""), expr.get("operator", ""), expr.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values):
+            return False
+        if (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
+    selector = raw.get("selector") or {}
+    match_labels = dict(selector.get("matchLabels") or {})
+    expressions = tuple(selector.get("matchExpressions") or ())
+    if not match_labels and not expressions:
+        raise SpecError("spec.selector: must not be empty (it would select every pod in the namespace)")
+    template = raw.get("template") or {}
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    if not _selector_matches(match_labels, expressions, labels):
+        raise SpecError(f"spec.selector: does not match spec.template.metadata.labels {dict(labels)}")
+    if HASH_LABEL in labels:
+        raise SpecError(f"spec.template.metadata.labels: {HASH_LABEL} is set by sluice and must not be given")
+    strategy = raw.get("strategy") or {}
+    if "canary" not in strategy:
+        raise SpecError("spec.strategy: canary is required")
+    return RolloutSpec(
+        replicas=int(raw.get("replicas", 1)),
+        match_labels=match_labels,
+        match_expressions=expressions,
+        template=template,
+        template_hash=template_hash(template),
+        min_ready_seconds=int(raw.get("minReadySeconds", 0)),
+        revision_history_limit=int(raw.get("revisionHistoryLimit", 10)),
+        progress_deadline=float(raw.get("progressDeadlineSeconds", 600)),
+        progress_deadline_abort=bool(raw.get("progressDeadlineAbort", False)),
+        paused=bool(raw.get("paused", False)),
+        canary=_parse_canary(strategy["canary"]),
+    )
+
+
+def parse_status(raw: Mapping[str, Any] | None) -> RolloutStatus:
+    raw = raw or {}
+    return RolloutStatus(
+        observed_generation=raw.get("observedGeneration"),
+        phase=raw.get("phase"),
+        message=str(raw.get("message", "")),
+        current_step_index=int(raw.get("currentStepIndex", 0) or 0),
+        current_step_hash=raw.get("currentStepHash"),
+        canary_weight=int(raw.get("canaryWeight", 0) or 0),
+        stable_hash=raw.get("stableHash") or None,
+        canary_hash=raw.get("canaryHash") or None,
+        canary_available_replicas=int(raw.get("canaryAvailableReplicas", 0) or 0),
+        abort=bool(raw.get("abort", False)),
+        aborted_at=parse_time(raw.get("abortedAt")),
+        promote_full=bool(raw.get("promoteFull", False)),
+        controller_pause=bool(raw.get("controllerPause", False)),
+        pause_conditions=tuple(
+            PauseCondition(str(p.get("reason", "")), parse_time(p.get("startTime")) or datetime.min)
+            for p in raw.get("pauseConditions") or ()
+        ),
+        last_progress_time=parse_time(raw.get("lastProgressTime")),
+        conditions=tuple(
+            Condition(
+                type=str(c.get("type", "")), status=str(c.get("status", "Unknown")), reason=str(c.get("reason", "")),
+                message=str(c.get("message", "")),
+                last_transition_time=parse_time(c.get("lastTransitionTime")) or datetime.min,
+            )
+            for c in raw.get("conditions") or ()
+        ),
+    )
+
+
+def parse_rollout(body: Mapping[str, Any]) -> Rollout:
+    """Parse a Rollout body; raises SpecError for a spec that cannot be acted on."""
+    meta = body.get("metadata") or {}
+    return Rollout(
+        namespace=str(meta.get("namespace", "")),
+        name=str(meta.get("name", "")),
+        generation=int(meta.get("generation", 0) or 0),
+        spec=parse_spec(body.get("spec") or {}),
+        status=parse_status(body.get("status")),
+    )
+
+
+def seconds_until(moment: datetime, now: datetime) -> float:
+    return max(0.0, (moment - now) / timedelta(seconds=1))
