@@ -114,11 +114,12 @@ build_kwok() {
   rmdir "$BIN/.kwok" 2>/dev/null || true
 }
 
+k8s_done=""
 for b in "${missing[@]}"; do
   case "$b" in
     etcd) build_etcd ;;
     kwok) build_kwok ;;
-    kube-*) build_kubernetes ;;
+    kube-*) [[ -n "$k8s_done" ]] || { build_kubernetes; k8s_done=1; } ;;  # builds all missing kube-* at once
   esac
 done
 

@@ -14,7 +14,7 @@ aiohttp session; requests go through `ApiClient.call_api` with `_preload_content
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -146,7 +146,7 @@ class KubeClient:
         except (k8s_config.ConfigException, FileNotFoundError, TypeError):
             if kubeconfig:
                 raise
-            k8s_config.load_incluster_config(client_configuration=configuration)
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         return cls(k8s_client.ApiClient(configuration), retry=retry or RetrySettings())
 
     async def close(self) -> None:
@@ -156,7 +156,8 @@ class KubeClient:
 
     async def _send(self, method: str, path: str, *, query: Mapping[str, str | int | bool] | None = None,
                     body: Any = None, content_type: str = "application/json",
-                    timeout: float | aiohttp.ClientTimeout | None = None) -> aiohttp.ClientResponse:
+                    timeout: float | aiohttp.ClientTimeout | None = None,  # noqa: ASYNC109 (per-request HTTP timeout)
+                    ) -> aiohttp.ClientResponse:
         query_params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
         try:
             response = await self._api.call_api(
@@ -165,7 +166,7 @@ class KubeClient:
                 body=body, auth_settings=["BearerToken"], _preload_content=False,
                 _request_timeout=timeout if timeout is not None else self._retry.request_timeout,
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise ApiError(status=0, reason="ConnectionError", message=f"{type(exc).__name__}: {exc}") from exc
         return cast(aiohttp.ClientResponse, response)
 
@@ -247,10 +248,8 @@ class KubeClient:
         body: Body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if preconditions:
             body["preconditions"] = dict(preconditions)
-        try:
+        with contextlib.suppress(NotFound):
             await self._request("DELETE", resource.path(namespace=namespace, name=name), body=body)
-        except NotFound:
-            pass
 
     async def watch(self, resource: Resource, *, resource_version: ResourceVersion,
                     namespace: str | None = None, label_selector: str | None = None,
@@ -282,7 +281,7 @@ class KubeClient:
                         code = int(obj.get("code", 0) or 0)
                         raise _error_for(code, json.dumps(obj).encode(), {})
                     yield kind, obj
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise ApiError(status=0, reason="ConnectionError", message=f"watch stream: {exc}") from exc
 
 

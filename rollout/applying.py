@@ -1,0 +1,129 @@
+"""Applies a planner's actions to the cluster, one at a time, in the order the planner gave.
+
+Each action is idempotent (creating a ReplicaSet that exists is fine, scaling to the current size is a no-op), so a
+controller killed between two actions simply applies the rest on its next reconcile. Objects returned by our writes
+go straight into the informer's store, so the next reconcile sees them even before the watch event arrives.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from rollout.kube import REPLICASETS, SERVICES, Body, Conflict, KubeClient, owner_reference
+from rollout.routers import TrafficRouter
+from rollout.watching import Store
+from strategies.decision import (
+    Action,
+    CreateReplicaSet,
+    DeleteReplicaSet,
+    MarkScaleDown,
+    ScaleReplicaSet,
+    SetRevision,
+    SetServiceSelector,
+    SetWeight,
+)
+from strategies.model import (
+    HASH_LABEL,
+    REVISION_ANNOTATION,
+    ROLLOUT_LABEL,
+    SCALE_DOWN_ANNOTATION,
+    format_time,
+)
+
+
+def replica_set_name(rollout_name: str, hash_: str) -> str:
+    return f"{rollout_name}-{hash_}"
+
+
+class Applier:
+    def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter, replica_sets: Store) -> None:
+        self._client = client
+        self._rollout = rollout
+        self._router = router
+        self._replica_sets = replica_sets
+        self._namespace = str(rollout["metadata"]["namespace"])
+        self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
+            CreateReplicaSet: self._create,
+            ScaleReplicaSet: self._scale,
+            SetRevision: self._set_revision,
+            MarkScaleDown: self._mark_scale_down,
+            DeleteReplicaSet: self._delete,
+            SetServiceSelector: self._set_selector,
+            SetWeight: self._set_weight,
+        }
+
+    async def apply(self, action: Action) -> None:
+        await self._handlers[type(action)](action)
+
+    async def _create(self, action: CreateReplicaSet) -> None:
+        body = self._replica_set_body(action)
+        try:
+            created = await self._client.create(REPLICASETS, body, namespace=self._namespace)
+        except Conflict:
+            # Already there (our cache was behind): the next reconcile sees it.
+            created = await self._client.get(REPLICASETS, name=body["metadata"]["name"], namespace=self._namespace)
+            owners = created["metadata"].get("ownerReferences") or []
+            if not any(o.get("uid") == self._rollout["metadata"]["uid"] for o in owners):
+                raise
+        self._replica_sets.put(created)
+
+    def _replica_set_body(self, action: CreateReplicaSet) -> Body:
+        spec, meta = self._rollout["spec"], self._rollout["metadata"]
+        template = copy.deepcopy(spec["template"])
+        labels = {**(template.get("metadata") or {}).get("labels", {}), HASH_LABEL: action.hash}
+        template.setdefault("metadata", {})["labels"] = labels
+        selector = copy.deepcopy(spec["selector"])
+        selector["matchLabels"] = {**selector.get("matchLabels", {}), HASH_LABEL: action.hash}
+        return {
+            "apiVersion": "apps/v1",
+            "kind": "ReplicaSet",
+            "metadata": {
+                "name": replica_set_name(meta["name"], action.hash),
+                "namespace": self._namespace,
+                "labels": {**labels, ROLLOUT_LABEL: meta["name"]},
+                "annotations": {REVISION_ANNOTATION: str(action.revision)},
+                "ownerReferences": [owner_reference(self._rollout)],
+            },
+            "spec": {
+                "replicas": action.replicas,
+                "minReadySeconds": spec.get("minReadySeconds", 0),
+                "selector": selector,
+                "template": template,
+            },
+        }
+
+    async def _patch_rs(self, name: str, patch: Body) -> None:
+        patched = await self._client.patch(REPLICASETS, name=name, namespace=self._namespace, patch=patch)
+        self._replica_sets.put(patched)
+
+    async def _scale(self, action: ScaleReplicaSet) -> None:
+        patch: Body = {"spec": {"replicas": action.replicas}}
+        if action.replicas == 0:
+            # A ReplicaSet at zero needs no deadline; a stale one must not cut a later scale-down delay short.
+            patch["metadata"] = {"annotations": {SCALE_DOWN_ANNOTATION: None}}
+        await self._patch_rs(action.name, patch)
+
+    async def _set_revision(self, action: SetRevision) -> None:
+        await self._patch_rs(action.name, {"metadata": {"annotations": {REVISION_ANNOTATION: str(action.revision)}}})
+
+    async def _mark_scale_down(self, action: MarkScaleDown) -> None:
+        value = format_time(action.at) if action.at is not None else None
+        await self._patch_rs(action.name, {"metadata": {"annotations": {SCALE_DOWN_ANNOTATION: value}}})
+
+    async def _delete(self, action: DeleteReplicaSet) -> None:
+        await self._client.delete(REPLICASETS, name=action.name, namespace=self._namespace)
+
+    async def _set_selector(self, action: SetServiceSelector) -> None:
+        await self._client.patch(SERVICES, name=action.service, namespace=self._namespace,
+                                 patch={"spec": {"selector": {HASH_LABEL: action.hash}}})
+
+    async def _set_weight(self, action: SetWeight) -> None:
+        await self._router.set_weight(action.weight)
+
+
+def status_patch(current: Body | None, wanted: Body) -> Body:
+    """The fields of `wanted` that differ from `current` (absent and null count as equal)."""
+    current = current or {}
+    return {k: v for k, v in wanted.items() if current.get(k) != v}

@@ -1,0 +1,263 @@
+"""Informers: keep a local cache of one resource type in step with the API server, and report what changed.
+
+An `Informer` lists the objects (per namespace, or cluster-wide), then watches from the list's resourceVersion, the
+way kopf's `_cogs/clients/watching.py` and client-go's reflector do (STYLE point 7). Each change lands in a `Store`
+and is passed to `on_change`, which the controller wires to `WorkQueue.add` (`rollout/queueing.py`). When the server
+ends a watch (it does every `WatchSettings.timeout_seconds`), the informer re-watches from the last resourceVersion it
+saw, bookmarks included, so nothing is missed and nothing is listed again; only 410 Gone forces a re-list, which is
+diffed against the store so objects deleted meanwhile are still reported. Errors back off along
+`WatchSettings.error_backoff` and the informer carries on: a watcher never dies while the controller runs.
+
+The reconciler reads Rollouts and their ReplicaSets from stores instead of the API server, and puts the objects its
+own writes return, so its next look does not see its own change as missing. `rollout/kube.py` stays the only module
+that speaks HTTP; the informer gets it through the small `WatchClient` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Protocol
+
+from rollout.kube import ApiError, Body, Gone, Resource, ResourceVersion
+from rollout.queueing import ObjectKey
+from rollout.settings import WatchSettings
+
+log = logging.getLogger(__name__)
+
+IndexFunc = Callable[[Body], Iterable[ObjectKey]]
+
+
+def _resource_version(obj: Body) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _newer(candidate: str, current: str) -> bool:
+    """Whether resourceVersion `candidate` is newer than `current`.
+
+    Kubernetes calls resourceVersions opaque, but every API server backed by etcd hands out integers that grow, and
+    comparing them is the only way to tell a stale event from a fresh write. When either does not parse as an integer
+    the candidate wins if it differs: watch events arrive in order, so the latest one is the best guess.
+    """
+    try:
+        return int(candidate) > int(current)
+    except ValueError:
+        return candidate != current
+
+
+class Store:
+    """Objects of one resource type by `ObjectKey`, never rolled back to an older resourceVersion.
+
+    `put` keeps an object only if it is newer than the stored one. Two writers feed a store: the informer with watch
+    events, and the reconciler with the objects its own writes returned. A watch event for an older version can
+    arrive after the reconciler stored the result of its write; taking it would roll the cache back and make the
+    next reconcile act on stale state (scale a ReplicaSet twice, write a status again).
+
+    `index` optionally maps an object to the keys it is filed under, for `by_index` lookups: `controller_index`
+    files ReplicaSets under the Rollout that controls them.
+    """
+
+    def __init__(self, *, index: IndexFunc | None = None) -> None:
+        self._objects: dict[ObjectKey, Body] = {}
+        self._index_func = index
+        self._index: dict[ObjectKey, set[ObjectKey]] = {}
+        self._filed_under: dict[ObjectKey, tuple[ObjectKey, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._objects
+
+    def get(self, key: ObjectKey) -> Body | None:
+        return self._objects.get(key)
+
+    def items(self) -> list[tuple[ObjectKey, Body]]:
+        return list(self._objects.items())
+
+    def put(self, obj: Body) -> bool:
+        """Store `obj` unless the stored version is as new or newer; returns whether the store changed."""
+        key = ObjectKey.of(obj)
+        current = self._objects.get(key)
+        if current is not None and not _newer(_resource_version(obj), _resource_version(current)):
+            return False
+        self._objects[key] = obj
+        self._reindex(key, obj)
+        return True
+
+    def delete(self, obj: Body) -> Body | None:
+        """Forget the object `obj` names; returns what was stored, or None if nothing (or something newer) was.
+
+        A stored version newer than `obj` is kept: it is an object re-created under the same name after the
+        deletion, already stored by the reconciler before the DELETED event for the old one arrived. A body without
+        a resourceVersion (the reconciler forgetting what it just deleted) always deletes.
+        """
+        key = ObjectKey.of(obj)
+        current, version = self._objects.get(key), _resource_version(obj)
+        if current is None or (version and _newer(_resource_version(current), version)):
+            return None
+        del self._objects[key]
+        self._reindex(key, None)
+        return current
+
+    def by_index(self, key: ObjectKey) -> list[Body]:
+        """The objects filed under `key` by the index function, sorted by key."""
+        return [self._objects[k] for k in sorted(self._index.get(key, ()))]
+
+    def _reindex(self, key: ObjectKey, obj: Body | None) -> None:
+        if self._index_func is None:
+            return
+        for old in self._filed_under.pop(key, ()):
+            members = self._index[old]
+            members.discard(key)
+            if not members:
+                del self._index[old]
+        if obj is None:
+            return
+        filed = tuple(dict.fromkeys(self._index_func(obj)))
+        if filed:
+            self._filed_under[key] = filed
+        for index_key in filed:
+            self._index.setdefault(index_key, set()).add(key)
+
+
+def controller_index(kind: str) -> IndexFunc:
+    """An index function filing objects under the (namespace, name) of their controller owner of `kind`."""
+
+    def index(obj: Body) -> list[ObjectKey]:
+        meta = obj.get("metadata") or {}
+        return [
+            ObjectKey(namespace=str(meta.get("namespace") or ""), name=str(ref["name"]))
+            for ref in meta.get("ownerReferences") or []
+            if ref.get("controller") and ref.get("kind") == kind
+        ]
+
+    return index
+
+
+class WatchClient(Protocol):
+    """The part of `rollout.kube.KubeClient` an informer uses."""
+
+    async def list(self, resource: Resource, *, namespace: str | None = None,
+                   label_selector: str | None = None) -> tuple[list[Body], ResourceVersion]: ...
+
+    def watch(self, resource: Resource, *, resource_version: ResourceVersion, namespace: str | None = None,
+              label_selector: str | None = None, timeout_seconds: int = 300) -> AsyncIterator[tuple[str, Body]]: ...
+
+
+class Informer:
+    """List-then-watch one resource type into a `Store`, per namespace or cluster-wide, until cancelled."""
+
+    def __init__(self, client: WatchClient, resource: Resource, *, namespaces: tuple[str, ...] = (),
+                 label_selector: str | None = None, settings: WatchSettings, store: Store,
+                 on_change: Callable[[str, Body], None]) -> None:
+        self.resource = resource
+        self.store = store
+        self.synced = asyncio.Event()  # set once every namespace has been listed for the first time
+        self._client = client
+        self._scopes: tuple[str | None, ...] = namespaces if namespaces and resource.namespaced else (None,)
+        self._label_selector = label_selector
+        self._settings = settings
+        self._on_change = on_change
+        self._unsynced: set[str | None] = set(self._scopes)
+
+    async def run(self) -> None:
+        """Watch every namespace in its own named task; cancelling `run` stops them all."""
+        async with asyncio.TaskGroup() as group:
+            for scope in self._scopes:
+                group.create_task(self._run_scope(scope), name=f"watch:{self.resource.plural}:{scope or '*'}")
+
+    async def _run_scope(self, namespace: str | None) -> None:
+        version: ResourceVersion | None = None
+        failures = 0
+        while True:
+            try:
+                if version is None:
+                    version = await self.relist(namespace)
+                    failures = 0
+                stream = self._client.watch(
+                    self.resource, resource_version=version, namespace=namespace,
+                    label_selector=self._label_selector, timeout_seconds=self._settings.timeout_seconds,
+                )
+                try:
+                    async for event_type, obj in stream:
+                        version = self._apply(event_type, obj) or version
+                        failures = 0
+                finally:
+                    await _close(stream)
+                # The server ended the watch (timeoutSeconds): go on from the last version seen.
+            except Gone as exc:
+                log.info("watch of %s in %s expired (%s); listing again", self.resource.plural, namespace or "*", exc)
+                version = None
+            except Exception as exc:  # a watcher must never die: it logs, backs off and retries
+                delay = self._settings.error_backoff[min(failures, len(self._settings.error_backoff) - 1)]
+                failures += 1
+                self._log_failure(exc, namespace, delay)
+                if not isinstance(exc, ApiError):
+                    version = None  # something unexpected: do not trust the cache, list again
+                await asyncio.sleep(delay)
+
+    def _log_failure(self, exc: Exception, namespace: str | None, delay: float) -> None:
+        where = f"{self.resource.plural} in {namespace or '*'}"
+        if isinstance(exc, ApiError) and exc.temporary:
+            log.warning("watching %s failed (%s); retrying in %.1fs", where, exc, delay)
+        elif isinstance(exc, ApiError):
+            log.error("watching %s failed (%s); retrying in %.1fs", where, exc, delay)
+        else:
+            log.exception("watching %s failed unexpectedly; retrying in %.1fs", where, delay)
+
+    async def relist(self, namespace: str | None) -> ResourceVersion:
+        """List `namespace` (None: all), make the store match it, report the differences; returns the list's version.
+
+        Run before the first watch and after 410 Gone. Stored objects of that namespace missing from the list are
+        deleted and reported as DELETED, unless they are newer than the list (the reconciler stored them after the
+        list was taken).
+        """
+        items, version = await self._client.list(
+            self.resource, namespace=namespace, label_selector=self._label_selector
+        )
+        listed: set[ObjectKey] = set()
+        for obj in items:
+            key = ObjectKey.of(obj)
+            listed.add(key)
+            self._apply("MODIFIED" if key in self.store else "ADDED", obj)
+        for key, obj in self.store.items():
+            if (namespace is not None and key.namespace != namespace) or key in listed:
+                continue
+            if not _newer(_resource_version(obj), version):
+                self._apply("DELETED", obj)
+        self._unsynced.discard(namespace)
+        if not self._unsynced:
+            self.synced.set()
+        return version
+
+    def _apply(self, event_type: str, obj: Body) -> ResourceVersion | None:
+        """Apply one event to the store and report it if the store changed; returns the version to resume from."""
+        version = _resource_version(obj)
+        if event_type in ("ADDED", "MODIFIED"):
+            obj.setdefault("apiVersion", self.resource.api_version)
+            obj.setdefault("kind", self.resource.kind)
+            changed = self.store.put(obj)
+        elif event_type == "DELETED":
+            changed = self.store.delete(obj) is not None
+        else:  # BOOKMARK only moves the version on; anything else is unknown and ignored
+            changed = False
+            if event_type != "BOOKMARK":
+                log.warning("ignoring %s watch event for %s", event_type, self.resource.plural)
+        if changed:
+            self._report(event_type, obj)
+        return ResourceVersion(version) if version else None
+
+    def _report(self, event_type: str, obj: Body) -> None:
+        try:
+            self._on_change(event_type, obj)
+        except Exception:
+            log.exception("on_change failed for %s %s", event_type, ObjectKey.of(obj))
+
+
+async def _close(stream: AsyncIterator[tuple[str, Body]]) -> None:
+    """Close a watch stream left early, so its HTTP response is released now rather than when collected."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()
