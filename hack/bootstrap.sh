@@ -16,7 +16,12 @@ stamp=.venv/.sluice-installed
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [[ ! -f "$stamp" || "$(cat "$stamp")" != "$want" ]]; then
   echo "[bootstrap] installing sluice and its dev dependencies into .venv" >&2
-  .venv/bin/python -m pip install --quiet --upgrade pip >&2
-  .venv/bin/python -m pip install --quiet -e '.[dev]' >&2
+  log=.venv/pip-install.log
+  if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e '.[dev]'; } >"$log" 2>&1
+  then
+    tail -40 "$log" >&2
+    echo "[bootstrap] pip install failed; full log in $log" >&2
+    exit 1
+  fi
   echo "$want" >"$stamp"
 fi

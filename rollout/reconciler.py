@@ -15,7 +15,16 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from rollout.applying import Applier, status_patch
-from rollout.kube import ROLLOUTS, SERVICES, Body, Conflict, KubeClient, NotFound, label_selector_string
+from rollout.kube import (
+    ROLLOUTS,
+    SERVICES,
+    ApiError,
+    Body,
+    Conflict,
+    KubeClient,
+    NotFound,
+    label_selector_string,
+)
 from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
 from rollout.routers import UNKNOWN_WEIGHT, RouterError, TrafficRouter, make_router
@@ -80,6 +89,14 @@ class Reconciler:
             return await self._act(key, body, rollout, router, observed)
         except Conflict:
             return 0.0  # the Rollout changed under us; the fresh copy is in the store: decide again
+        except ApiError as exc:
+            if exc.temporary:
+                raise  # the work queue retries with backoff
+            # Permanent (forbidden, invalid): tell the user where they look, then back off; nothing was recorded as
+            # done, so the next attempt repeats the same idempotent actions.
+            event = Event("ReconcileFailed", f"could not apply the rollout's next step: {exc}", warning=True)
+            await self._reporter.emit(body, (event,), context={"rollout": str(key), "decision": "Error"})
+            return Backoff(str(exc))
 
     async def _act(self, key: ObjectKey, body: Body, rollout: Rollout, router: TrafficRouter,
                    observed: Observed) -> float | None:

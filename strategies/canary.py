@@ -122,12 +122,16 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
     new_revision = st.canary_hash != desired
     reset = new_revision or st.current_step_hash != steps_hash(spec.canary.steps)
     watched = obs.canary_weight if obs.canary_service_hash == desired else 0
+    # A retry (status.abort set back to false while abortedAt is still there) starts the walk again: time spent
+    # aborted is not lack of progress.
+    retry = not st.abort and st.aborted_at is not None
     return _Ctx(
         rollout=rollout, obs=obs, now=obs.now, desired=desired, stable=stable, new_revision=new_revision,
         index=0 if reset else st.current_step_index,
         held_weight=0 if new_revision else max(st.canary_weight, watched),
         abort=st.abort and not new_revision, abort_reason="requested by a user",
-        last_progress=obs.now if new_revision or st.last_progress_time is None else st.last_progress_time,
+        last_progress=(obs.now if new_revision or retry or st.last_progress_time is None
+                       else st.last_progress_time),
     )
 
 
@@ -283,6 +287,11 @@ def _wait_for_canary(ctx: _Ctx, draft: _Draft, *, index: int, available: int, ne
                f"{spec.progress_deadline:g}s at {where}")
     if spec.progress_deadline_abort:
         aborted = replace(ctx, abort=True, abort_reason=message)
+        # Decide afresh: the canary path's actions so far (scaling the canary, holding its weight, retiring with
+        # the canary kept) would be repeated or contradicted by the abort's.
+        draft.actions.clear()
+        draft.events.clear()
+        draft.wake.clear()
         draft.event("ProgressDeadlineExceeded", message, warning=True)
         _plan_abort(aborted, draft)
         return
@@ -299,7 +308,7 @@ def _promote(ctx: _Ctx, draft: _Draft) -> None:
     spec = ctx.rollout.spec
     draft.summary = "Promoted"
     old_stable = ctx.stable_rs
-    _ensure_replica_sets(ctx, draft, {ctx.desired: spec.replicas})
+    # The canary is already at full size: _plan_canary ensured it (and promotes only when it is ready).
     _set_stable_selector(ctx, draft, ctx.desired)
     _route(ctx, draft, weight=0, canary_hash=ctx.desired)
     keep = {ctx.desired}
@@ -396,7 +405,8 @@ def _progress(ctx: _Ctx, draft: _Draft, *, index: int, weight: int, abort: bool,
         "observedGeneration": ctx.rollout.generation,
         "currentStepIndex": index,
         "currentStepHash": steps_hash(spec.canary.steps),
-        "stepDisplay": f"{min(index, total)}/{total}",
+        # 1-based like the messages: the step being worked on, or total/total once every step is done.
+        "stepDisplay": f"{min(index + 1, total)}/{total}",
         "canaryWeight": weight,
         "stableHash": ctx.stable,
         "canaryHash": ctx.desired,
@@ -412,7 +422,8 @@ def _progress(ctx: _Ctx, draft: _Draft, *, index: int, weight: int, abort: bool,
         "promoteFull": ctx.status.promote_full and not ctx.new_revision and not abort and ctx.desired != ctx.stable,
         "lastProgressTime": format_time(last_progress or ctx.last_progress),
     }
-    if clear_pause:
+    # A step pause belongs to the walk that started it: a new revision or new steps must not inherit its start time.
+    if clear_pause or ctx.new_revision or ctx.status.current_step_hash != values["currentStepHash"]:
         values["controllerPause"] = False
         values["pauseConditions"] = []
     if not abort:
