@@ -14,11 +14,16 @@ from devcluster.controlplane import ControlPlane, ControlPlaneError
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt  # SIGTERM takes the same path as Ctrl-C: ControlPlane's cleanup runs
+    # The first signal starts the cleanup (ControlPlane.__exit__); a second must not cut it short.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 def up(*, nodes: int) -> int:
+    # SIGTERM takes the same path as Ctrl-C; SIGINT is set explicitly because a shell starting us with `&` ignores it.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         with ControlPlane(nodes=nodes) as control_plane:
             print(f"export KUBECONFIG={control_plane.kubeconfig}", flush=True)
@@ -27,7 +32,7 @@ def up(*, nodes: int) -> int:
             while True:
                 signal.pause()
     except KeyboardInterrupt:
-        print("stopping the control plane", file=sys.stderr, flush=True)
+        print("control plane stopped", file=sys.stderr, flush=True)
         return 0
     except ControlPlaneError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -194,11 +194,14 @@ def _plan_canary(ctx: _Ctx, draft: _Draft) -> None:
     target_weight = step.weight if isinstance(step, SetWeightStep) else (100 if step is None else ctx.held_weight)
     needed = spec.replicas if step is None else canary_replicas(max(target_weight, ctx.held_weight), spec.replicas)
     _ensure_replica_sets(ctx, draft, {ctx.stable: spec.replicas, ctx.desired: needed})
-    _set_stable_selector(ctx, draft, ctx.stable)
     canary = ctx.canary_rs
     available = canary.available if canary else 0
     route_to = ctx.desired if available > 0 else ctx.stable
     ready = canary is not None and available >= needed and canary.replicas >= needed
+    if spec.paused or not ready or step is not None:
+        # Not when promoting: _promote points the stable Service at the canary (after a crash half way through
+        # a promotion it may already be there, and must not be moved back in the same decision).
+        _set_stable_selector(ctx, draft, ctx.stable)
     if spec.paused:
         _route(ctx, draft, weight=ctx.held_weight, canary_hash=route_to)
         _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
@@ -341,12 +344,20 @@ def _hold(ctx: _Ctx, draft: _Draft, *, index: int, phase: str, message: str, pau
 
 
 def _route(ctx: _Ctx, draft: _Draft, *, weight: int, canary_hash: str) -> None:
-    """Traffic leaves before the canary Service's pods change, and arrives only after."""
+    """Traffic leaves before the canary Service's pods change, and arrives only after.
+
+    When the canary Service still selects a superseded revision (neither stable nor this canary), its traffic goes
+    to zero first: not one request more to pods that lost the rollout.
+    """
     current = ctx.obs.canary_weight
+    moving = ctx.obs.canary_service_hash != canary_hash
+    if moving and ctx.obs.canary_service_hash not in (ctx.stable, ctx.desired) and current > 0:
+        draft.act(SetWeight(0, current))
+        current = 0
     if weight < current:
         draft.act(SetWeight(weight, current))
         current = weight
-    if ctx.obs.canary_service_hash != canary_hash:
+    if moving:
         draft.act(SetServiceSelector(ctx.rollout.spec.canary.canary_service, canary_hash))
     if weight > current:
         draft.act(SetWeight(weight, current))

@@ -42,6 +42,15 @@ async def _start_v2(kube: KubeClient, ns: str) -> tuple[str, str]:
     return v1, str(st["canaryHash"])
 
 
+async def _at_fifty(kube: KubeClient, ns: str) -> tuple[str, str]:
+    """Like _start_v2, then resumed to the second pause: canary at 50%."""
+    v1, v2 = await _start_v2(kube, ns)
+    await resume(kube, ns)
+    await wait_status(kube, ns, paused_at(3), what="50% on v2")
+    assert await weights(kube, ns) == (50, 50)
+    return v1, v2
+
+
 async def _event_reasons(kube: KubeClient, ns: str) -> list[str]:
     items, _ = await kube.list(EVENTS, namespace=ns)
     return [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["creationTimestamp"])]
@@ -146,10 +155,7 @@ async def test_abort_returns_all_traffic_to_stable_and_retry_restarts(kube: Kube
                                                                       controller: ControllerProcess) -> None:
     ns = namespace
     await create_app(kube, ns)
-    v1, v2 = await _start_v2(kube, ns)
-    await resume(kube, ns)
-    await wait_status(kube, ns, paused_at(3), what="50% canary")
-    assert await weights(kube, ns) == (50, 50)
+    v1, v2 = await _at_fifty(kube, ns)
     await patch_status(kube, ns, {"abort": True})
     st = await wait_status(kube, ns, lambda s: s.get("phase") == "Degraded", what="aborted")
     assert condition(st, "Degraded")["reason"] == "RolloutAborted"
@@ -175,9 +181,7 @@ async def test_new_template_mid_rollout_supersedes_the_canary(kube: KubeClient, 
                                                               controller: ControllerProcess) -> None:
     ns = namespace
     await create_app(kube, ns)
-    v1, v2 = await _start_v2(kube, ns)
-    await resume(kube, ns)
-    await wait_status(kube, ns, paused_at(3), what="50% on v2")
+    v1, v2 = await _at_fifty(kube, ns)
     await set_image(kube, ns, "registry.example/web:3")
     st = await wait_status(kube, ns, lambda s: s.get("canaryHash") not in (v1, v2) and paused_at(1)(s),
                            what="v3 at its first pause")
@@ -198,9 +202,7 @@ async def test_back_to_stable_template_is_a_fast_rollback(kube: KubeClient, name
                                                           controller: ControllerProcess) -> None:
     ns = namespace
     await create_app(kube, ns)
-    v1, _ = await _start_v2(kube, ns)
-    await resume(kube, ns)
-    await wait_status(kube, ns, paused_at(3), what="50% on v2")
+    v1, _ = await _at_fifty(kube, ns)
     await set_image(kube, ns, "registry.example/web:1")
     st = await _healthy(kube, ns, stable=v1)
     assert st["canaryHash"] == v1 and st["currentStepIndex"] == 6
@@ -242,9 +244,7 @@ async def test_scale_subresource_rescales_canary_share(kube: KubeClient, namespa
                                                        controller: ControllerProcess) -> None:
     ns = namespace
     await create_app(kube, ns)
-    v1, v2 = await _start_v2(kube, ns)
-    await resume(kube, ns)
-    await wait_status(kube, ns, paused_at(3), what="50% canary")
+    v1, v2 = await _at_fifty(kube, ns)
     scale = await kube.get(ROLLOUTS, name="web", namespace=ns, subresource="scale")
     assert scale["spec"]["replicas"] == 4 and scale["status"]["selector"] == "app=web"
     # What an HPA does: write the scale subresource.

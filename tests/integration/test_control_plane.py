@@ -7,24 +7,21 @@ bootstrap client, so the kubeconfigs are checked too.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
 
 import pytest
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from devcluster import ControlPlane
+from tests.integration.kit import wait_for
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 IMAGE = "registry.example/app:1"
 
 
@@ -34,17 +31,6 @@ async def _api(kubeconfig: Path) -> AsyncIterator[client.ApiClient]:
     await config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
     async with client.ApiClient(configuration=configuration) as api:
         yield api
-
-
-async def _wait_for(probe: Callable[[], Awaitable[T | None]], *, what: str, timeout: float = 60.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
 
 
 def _replica_set(name: str, replicas: int) -> client.V1ReplicaSet:
@@ -83,7 +69,7 @@ async def test_replicaset_pods_become_running_and_ready_on_kwok_nodes(control_pl
                 ready = [p for p in pods if _running_and_ready(p)]
                 return pods if available == 3 and len(ready) == 3 else None
 
-            pods = await _wait_for(all_available, what="3 available replicas, their pods Running and Ready")
+            pods = await wait_for(all_available, what="3 available replicas, their pods Running and Ready")
             assert all(p.spec and (p.spec.node_name or "").startswith("kwok-node-") for p in pods)
             assert all(p.status and p.status.pod_ip for p in pods)  # kwok hands out IPs from its --cidr
             assert [c.image for p in pods if p.spec for c in p.spec.containers] == [IMAGE] * 3

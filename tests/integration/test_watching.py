@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Protocol
 
 import pytest
 
-from rollout.kube import NAMESPACES, Body, KubeClient, Resource, ResourceVersion
+from rollout.kube import Body, KubeClient, Resource, ResourceVersion
 from rollout.queueing import ObjectKey
 from rollout.settings import WatchSettings
 from rollout.watching import Informer, Store
@@ -27,29 +24,6 @@ pytestmark = pytest.mark.integration
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 LABELS = {"sluice.dev/test": "watching"}
 SELECTOR = "sluice.dev/test=watching"
-
-
-class ControlPlane(Protocol):
-    kubeconfig: Path
-
-
-@pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(kubeconfig=str(control_plane.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-async def namespace(kube: KubeClient) -> AsyncIterator[str]:
-    name = f"watch-{uuid.uuid4().hex[:8]}"
-    await kube.create(NAMESPACES, {"metadata": {"name": name}})
-    try:
-        yield name
-    finally:
-        await kube.delete(NAMESPACES, name=name)
 
 
 class CountingClient:
