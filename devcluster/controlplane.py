@@ -402,6 +402,9 @@ class ControlPlane:
             str(bin_dir / "kwok"), kubeconfig, "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake", f"--cidr={POD_CIDR}",
             f"--node-ip={NODE_IP}",
+            # Without a lease duration kwok renews no node leases: the node-lifecycle controller then sees the nodes
+            # go silent after its grace period, marks them NotReady and every pod on them unready, mid-test.
+            "--node-lease-duration-seconds=40",
             # No --server-address/--node-port: without them kwok opens no port (no logs/exec emulation needed).
             *(f"--config={kwok_dir / stage}" for stage in KWOK_STAGES),
         ], home=self.workdir)  # a private HOME keeps a user's ~/.kwok/kwok.yaml out

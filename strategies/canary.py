@@ -125,12 +125,16 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
     # A retry (status.abort set back to false while abortedAt is still there) starts the walk again: time spent
     # aborted is not lack of progress.
     retry = not st.abort and st.aborted_at is not None
+    # Time spent paused by a user does not count against the progress deadline: the clock restarts on unpause.
+    paused_before = st.condition("Paused")
+    unpaused = (not spec.paused and paused_before is not None and paused_before.status == "True"
+                and paused_before.reason == "PausedByUser")
     return _Ctx(
         rollout=rollout, obs=obs, now=obs.now, desired=desired, stable=stable, new_revision=new_revision,
         index=0 if reset else st.current_step_index,
         held_weight=0 if new_revision else max(st.canary_weight, watched),
         abort=st.abort and not new_revision, abort_reason="requested by a user",
-        last_progress=(obs.now if new_revision or retry or st.last_progress_time is None
+        last_progress=(obs.now if new_revision or retry or unpaused or st.last_progress_time is None
                        else st.last_progress_time),
     )
 
@@ -334,8 +338,7 @@ def _hold(ctx: _Ctx, draft: _Draft, *, index: int, phase: str, message: str, pau
     if paused is not None and draft.summary == "Progressing":
         draft.summary = "Paused"
     if last_progress is None:
-        # Time spent paused does not count against the progress deadline.
-        last_progress = ctx.now if paused else ctx.last_progress
+        last_progress = ctx.last_progress
     _progress(ctx, draft, index=index, weight=ctx.held_weight, abort=False, last_progress=last_progress)
     _finish(ctx, draft, phase=phase, message=message, progressing=(True, "ReplicaSetUpdated"), paused=paused)
 

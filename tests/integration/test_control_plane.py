@@ -85,3 +85,20 @@ async def test_client_certificate_user_without_rbac_is_forbidden_to_list_pods(co
     assert raised.value.status == 403
     # Forbidden for this user, not for system:anonymous: the API server authenticated the certificate.
     assert 'User "sluice-test-nobody"' in json.loads(raised.value.body or "{}")["message"]
+
+
+async def test_fake_nodes_keep_renewing_their_leases(control_plane: ControlPlane) -> None:
+    # Without renewals the node-lifecycle controller marks the nodes NotReady after its grace period and every pod on
+    # them unready: rollouts in long tests would then stall for reasons that have nothing to do with sluice.
+    async with _api(control_plane.kubeconfig) as api:
+        leases = client.CoordinationV1Api(api)
+        first = {lease.metadata.name: lease.spec.renew_time
+                 for lease in (await leases.list_namespaced_lease("kube-node-lease")).items}
+        assert {f"kwok-node-{i}" for i in range(3)} <= set(first)
+
+        async def renewed() -> bool:
+            now = {lease.metadata.name: lease.spec.renew_time
+                   for lease in (await leases.list_namespaced_lease("kube-node-lease")).items}
+            return all(now[name] != first[name] for name in first)
+
+        await wait_for(renewed, what="every node lease renewed", timeout=45)

@@ -781,6 +781,23 @@ def test_progress_deadline_marks_degraded() -> None:
     assert condition(cluster.status, "Degraded")["status"] == "False"
 
 
+def test_time_paused_by_a_user_does_not_count_against_the_progress_deadline() -> None:
+    cluster = stuck_canary(progressDeadlineSeconds=120)
+    cluster.spec["paused"] = True
+    held = cluster.reconcile()
+    assert held.summary == "Paused"
+    progress_time = cluster.status["lastProgressTime"]
+    cluster.pass_time(1000)
+    assert cluster.reconcile().summary == "Paused"
+    assert cluster.status["lastProgressTime"] == progress_time  # no status write per wake-up while paused
+    cluster.spec["paused"] = False
+    assert cluster.reconcile().summary == "Progressing"  # the clock restarted on unpause
+    cluster.pass_time(119)
+    assert cluster.reconcile().summary == "Progressing"
+    cluster.pass_time(1)
+    assert cluster.reconcile().summary == "Degraded"
+
+
 def test_each_new_available_pod_counts_as_progress() -> None:
     cluster = healthy_cluster(rollout_body(progressDeadlineSeconds=120, steps=[{"setWeight": 50}]))
     cluster.set_image("app:2")
