@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from devcluster.controlplane import ControlPlane
-from rollout.kube import NAMESPACES, ROLLOUTS, SERVICES, VIRTUALSERVICES, KubeClient, Resource
+from rollout.kube import EVENTS, NAMESPACES, ROLLOUTS, SERVICES, VIRTUALSERVICES, KubeClient, Resource
 
 HERE = Path(__file__).resolve().parent
 NS = "demo"
@@ -41,10 +41,21 @@ async def snapshot(kube: KubeClient) -> tuple[str, Any]:
     return line, st
 
 
-async def walk(kube: KubeClient, start: float, *, until: Any, limit: float = 180) -> dict[str, Any]:
+async def new_events(kube: KubeClient, seen: set[str]) -> list[str]:
+    """The Rollout's Events not printed yet, oldest first: every scale, weight change and step, even quick ones."""
+    items, _ = await kube.list(EVENTS, namespace=NS)
+    fresh = [e for e in items if e["metadata"]["uid"] not in seen and e["involvedObject"]["kind"] == "Rollout"]
+    seen.update(e["metadata"]["uid"] for e in fresh)
+    fresh.sort(key=lambda e: int(e["metadata"]["resourceVersion"]))  # write order; timestamps are whole seconds
+    return [f"    event {e['reason']}: {e['message']}" for e in fresh]
+
+
+async def walk(kube: KubeClient, start: float, *, seen: set[str], until: Any, limit: float = 180) -> dict[str, Any]:
     last = ""
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
+        for event in await new_events(kube, seen):
+            say(start, event)
         line, st = await snapshot(kube)
         if line != last:
             say(start, line)
@@ -67,13 +78,15 @@ async def demo(control_plane: ControlPlane, start: float) -> None:
         for doc in yaml.safe_load_all((HERE / "rollout.yaml").read_text()):
             await kube.create(KINDS[doc["kind"]], doc, namespace=NS)
             say(start, f"applied {doc['kind']} {doc['metadata']['name']}")
-        st = await walk(kube, start, until=lambda s: s.get("phase") == "Healthy")
+        seen: set[str] = set()
+        st = await walk(kube, start, seen=seen, until=lambda s: s.get("phase") == "Healthy")
         say(start, f"first version {st['stableHash']} is Healthy; CI pushes registry.example/web:1.1.0")
         await kube.patch(ROLLOUTS, name="web", namespace=NS, patch_type="json", patch=[
             {"op": "replace", "path": "/spec/template/spec/containers/0/image",
              "value": "registry.example/web:1.1.0"}])
         old = st["stableHash"]
-        st = await walk(kube, start, until=lambda s: s.get("phase") == "Healthy" and s.get("stableHash") != old)
+        st = await walk(kube, start, seen=seen,
+                        until=lambda s: s.get("phase") == "Healthy" and s.get("stableHash") != old)
         say(start, f"new version {st['stableHash']} is Healthy and takes all traffic; the demo is done")
     finally:
         await kube.close()
