@@ -11,7 +11,8 @@ import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rollout.kube import REPLICASETS, SERVICES, Body, Conflict, KubeClient, owner_reference
+from rollout.kube import REPLICASETS, SERVICES, ApiError, Body, Conflict, KubeClient, owner_reference
+from rollout.queueing import ObjectKey
 from rollout.routers import TrafficRouter
 from rollout.watching import Store
 from strategies.decision import (
@@ -62,11 +63,15 @@ class Applier:
         try:
             created = await self._client.create(REPLICASETS, body, namespace=self._namespace)
         except Conflict:
-            # Already there (our cache was behind): the next reconcile sees it.
-            created = await self._client.get(REPLICASETS, name=body["metadata"]["name"], namespace=self._namespace)
+            # Already there: ours if our cache was behind, else a namesake we must not take over (a Rollout deleted
+            # with --cascade=orphan and applied again). That is for a human to sort out: a permanent error.
+            name = body["metadata"]["name"]
+            created = await self._client.get(REPLICASETS, name=name, namespace=self._namespace)
             owners = created["metadata"].get("ownerReferences") or []
             if not any(o.get("uid") == self._rollout["metadata"]["uid"] for o in owners):
-                raise
+                raise ApiError(status=409, reason="AlreadyExists", message=(
+                    f"ReplicaSet {self._namespace}/{name} exists and is not controlled by this Rollout; delete it "
+                    "(or adopt its pods under another name) so sluice can create its own")) from None
         self._replica_sets.put(created)
 
     def _replica_set_body(self, action: CreateReplicaSet) -> Body:
@@ -114,6 +119,8 @@ class Applier:
 
     async def _delete(self, action: DeleteReplicaSet) -> None:
         await self._client.delete(REPLICASETS, name=action.name, namespace=self._namespace)
+        if ObjectKey(self._namespace, action.name) in self._replica_sets:
+            self._replica_sets.delete({"metadata": {"namespace": self._namespace, "name": action.name}})
 
     async def _set_selector(self, action: SetServiceSelector) -> None:
         await self._client.patch(SERVICES, name=action.service, namespace=self._namespace,

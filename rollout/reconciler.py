@@ -1,62 +1,54 @@
 """One reconcile of one Rollout: observe, decide (strategies.canary.plan), apply, write status once, report.
 
-Level-triggered: each call reads the Rollout from the informer's store and the current state of its ReplicaSets
-(store, indexed by owner), Services and traffic router (one GET each), and converges toward the spec. Nothing needed
-to continue lives only in memory. A spec that cannot be acted on gets the InvalidSpec condition and is retried with
-backoff; it never raises out of here in a way that disturbs other Rollouts (the work queue isolates keys).
+Level-triggered: each call reads the Rollout from the informer's store and the cluster state around it
+(rollout/observing.py) and converges toward the spec; nothing needed to continue lives only in memory. Every action
+is reported (Event + log line) as soon as it is applied; the status, and the Rollout-level events (steps, pauses,
+aborts), follow in one patch with a resourceVersion precondition.
+
+What can go wrong, and where the user sees it:
+- a spec that cannot be acted on: the InvalidSpec condition (message naming the object), retried with backoff;
+- an API failure (forbidden, invalid, server errors past the client's retries): the ReconcileError condition and
+  a ReconcileFailed Event, retried with backoff; cleared by the next successful reconcile;
+- the Rollout changed while we decided (409 on the status patch): decided again at once from the fresh copy.
+None of it escapes in a way that disturbs other Rollouts: the work queue isolates keys.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 from rollout.applying import Applier, status_patch
-from rollout.kube import (
-    ROLLOUTS,
-    SERVICES,
-    ApiError,
-    Body,
-    Conflict,
-    KubeClient,
-    NotFound,
-    label_selector_string,
-)
+from rollout.kube import ROLLOUTS, ApiError, Body, Conflict, KubeClient, label_selector_string
+from rollout.observing import observe
 from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
 from rollout.routers import UNKNOWN_WEIGHT, RouterError, TrafficRouter, make_router
 from rollout.watching import Store
 from strategies.canary import invalid, plan
-from strategies.decision import Decision, Event
-from strategies.model import (
-    HASH_LABEL,
-    REVISION_ANNOTATION,
-    SCALE_DOWN_ANNOTATION,
-    Observed,
-    ReplicaSetState,
-    Rollout,
-    SpecError,
-    parse_rollout,
-    parse_status,
-    parse_time,
-)
+from strategies.decision import Decision, Event, SetWeight, condition
+from strategies.model import Rollout, SpecError, parse_rollout, parse_status
 
 log = logging.getLogger(__name__)
 
 MAX_NAME = 52  # ReplicaSet names are <rollout>-<10 hex>; pod names add 6 more and labels allow 63
+ERROR_CONDITION = "ReconcileError"
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """Returned for a Rollout that cannot progress (invalid spec): retry later with growing delays."""
+    """Returned for a Rollout that cannot progress (its reason is in its status): retry with growing delays."""
 
     reason: str
 
 
 Outcome = float | None | Backoff
+
+
+class StatusConflict(Exception):
+    """The status patch lost a race with another writer: decide again from the fresh copy (now in the store)."""
 
 
 class Reconciler:
@@ -72,6 +64,17 @@ class Reconciler:
         body = self._rollouts.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None  # deleted: ReplicaSets go with it through their ownerReferences
+        try:
+            return await self._reconcile(key, body)
+        except StatusConflict:
+            return 0.0
+        except ApiError as exc:
+            await self._record_failure(key, body, exc)
+            if exc.temporary:
+                raise  # the work queue retries with its backoff and logs a warning
+            return Backoff(str(exc))
+
+    async def _reconcile(self, key: ObjectKey, body: Body) -> Outcome:
         now = datetime.now(UTC)
         try:
             rollout = parse_rollout(body)
@@ -79,27 +82,13 @@ class Reconciler:
                 raise SpecError(f"metadata.name: at most {MAX_NAME} characters (ReplicaSet and pod names derive "
                                 "from it)")
             router = self._router(rollout)
-            observed = await self._observe(rollout, body, router, now)
+            observed = await observe(self._client, rollout=rollout, body=body, router=router,
+                                     replica_sets=self._replica_sets, now=now, resync=self._resync)
         except (SpecError, RouterError) as exc:
             decision = invalid(parse_status(body.get("status")), generation=body["metadata"].get("generation", 0),
                                message=str(exc), now=now)
             await self._finish(body, decision, context={"rollout": str(key), "decision": decision.summary})
             return Backoff(str(exc))
-        try:
-            return await self._act(key, body, rollout, router, observed)
-        except Conflict:
-            return 0.0  # the Rollout changed under us; the fresh copy is in the store: decide again
-        except ApiError as exc:
-            if exc.temporary:
-                raise  # the work queue retries with backoff
-            # Permanent (forbidden, invalid): tell the user where they look, then back off; nothing was recorded as
-            # done, so the next attempt repeats the same idempotent actions.
-            event = Event("ReconcileFailed", f"could not apply the rollout's next step: {exc}", warning=True)
-            await self._reporter.emit(body, (event,), context={"rollout": str(key), "decision": "Error"})
-            return Backoff(str(exc))
-
-    async def _act(self, key: ObjectKey, body: Body, rollout: Rollout, router: TrafficRouter,
-                   observed: Observed) -> float | None:
         decision = plan(rollout, observed)
         context = {
             "rollout": str(key), "revision": rollout.spec.template_hash,
@@ -107,12 +96,13 @@ class Reconciler:
             "decision": decision.summary,
         }
         applier = Applier(self._client, rollout=body, router=router, replica_sets=self._replica_sets)
+        drift = _drift_event(rollout, decision)
+        if drift is not None:
+            await self._reporter.emit(body, (drift,), context=context)
         for action in decision.actions:
             await applier.apply(action)
-        drift = _drift_event(observed, decision)
-        if drift:
-            decision = Decision(summary=decision.summary, actions=decision.actions, status=decision.status,
-                                events=(drift, *decision.events), requeue_after=decision.requeue_after)
+            reason, message = action.describe()
+            await self._reporter.emit(body, (Event(reason, message),), context=context)
         await self._finish(body, decision, context=context)
         return decision.requeue_after
 
@@ -122,107 +112,69 @@ class Reconciler:
                            config=canary.traffic_routing.config, stable_service=canary.stable_service,
                            canary_service=canary.canary_service)
 
-    async def _observe(self, rollout: Rollout, body: Body, router: TrafficRouter, now: datetime) -> Observed:
-        canary = rollout.spec.canary
-        results = await asyncio.gather(
-            self._service(rollout, canary.stable_service), self._service(rollout, canary.canary_service),
-            router.verify(), return_exceptions=True,
-        )
-        problems = [str(r) for r in results if isinstance(r, SpecError | RouterError)]
-        if problems:
-            # All of them, in a stable order: the user fixes everything in one go.
-            raise SpecError("; ".join(problems))
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        stable_svc, canary_svc = cast(Body, results[0]), cast(Body, results[1])
-        return Observed(
-            now=now,
-            replica_sets=self._owned_replica_sets(body),
-            stable_service_hash=(stable_svc.get("spec", {}).get("selector") or {}).get(HASH_LABEL),
-            canary_service_hash=(canary_svc.get("spec", {}).get("selector") or {}).get(HASH_LABEL),
-            canary_weight=await router.current_weight(),
-            resync=self._resync,
-        )
-
-    async def _service(self, rollout: Rollout, name: str) -> Body:
-        try:
-            service = await self._client.get(SERVICES, name=name, namespace=rollout.namespace)
-        except NotFound as exc:
-            raise SpecError(f"Service {rollout.namespace}/{name} not found") from exc
-        selector = {k: v for k, v in ((service.get("spec") or {}).get("selector") or {}).items() if k != HASH_LABEL}
-        labels = (rollout.spec.template.get("metadata") or {}).get("labels") or {}
-        if not selector:
-            raise SpecError(f"Service {rollout.namespace}/{name} has no selector; it needs one matching the pods")
-        mismatched = {k: v for k, v in selector.items() if labels.get(k) != v}
-        if mismatched:
-            raise SpecError(f"Service {rollout.namespace}/{name} selects {mismatched}, which the pod template's "
-                            f"labels do not have")
-        return service
-
-    def _owned_replica_sets(self, body: Body) -> tuple[ReplicaSetState, ...]:
-        meta = body["metadata"]
-        uid = meta.get("uid")
-        owned: list[ReplicaSetState] = []
-        for rs in self._replica_sets.by_index(ObjectKey(meta["namespace"], meta["name"])):
-            rs_meta = rs["metadata"]
-            if rs_meta.get("deletionTimestamp"):
-                continue
-            if not any(o.get("uid") == uid and o.get("controller") for o in rs_meta.get("ownerReferences") or []):
-                continue
-            hash_ = (rs_meta.get("labels") or {}).get(HASH_LABEL)
-            if not hash_:
-                continue
-            annotations = rs_meta.get("annotations") or {}
-            status = rs.get("status") or {}
-            owned.append(ReplicaSetState(
-                name=rs_meta["name"], hash=hash_,
-                revision=_int(annotations.get(REVISION_ANNOTATION)),
-                replicas=int((rs.get("spec") or {}).get("replicas", 0) or 0),
-                ready=int(status.get("readyReplicas", 0) or 0),
-                available=int(status.get("availableReplicas", 0) or 0),
-                scale_down_at=parse_time(annotations.get(SCALE_DOWN_ANNOTATION)),
-            ))
-        return tuple(sorted(owned, key=lambda rs: rs.revision))
-
     async def _finish(self, body: Body, decision: Decision, *, context: dict[str, Any]) -> None:
         wanted = dict(decision.status)
         selector = body["spec"].get("selector") or {}
         wanted["selector"] = label_selector_string(
             {**(selector.get("matchLabels") or {})}, selector.get("matchExpressions") or ()
         )
+        _resolve_error_condition(body, wanted)
         patch = status_patch(body.get("status"), wanted)
         if patch:
-            meta = body["metadata"]
-            try:
-                updated = await self._client.patch(
-                    ROLLOUTS, name=meta["name"], namespace=meta["namespace"], subresource="status",
-                    patch={"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
-                )
-            except Conflict:
-                # Someone (a user's abort or resume, or our own earlier write) changed the Rollout since we read
-                # it: take the fresh copy and decide again; the actions we applied are idempotent.
-                fresh = await self._client.get(ROLLOUTS, name=meta["name"], namespace=meta["namespace"])
-                self._rollouts.put(fresh)
-                raise
-            self._rollouts.put(updated)
-            body = updated
+            body = await self._patch_status(body, patch)
         if decision.events:
             await self._reporter.emit(body, decision.events, context=context)
-        elif decision.actions or patch:
-            log.debug("reconciled", extra=context)
+
+    async def _patch_status(self, body: Body, patch: Body) -> Body:
+        meta = body["metadata"]
+        try:
+            updated = await self._client.patch(
+                ROLLOUTS, name=meta["name"], namespace=meta["namespace"], subresource="status",
+                patch={"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": patch},
+            )
+        except Conflict as exc:
+            # Someone (a user's abort or resume, an HPA) changed the Rollout since we read it: take the fresh copy
+            # and decide again; the actions already applied are idempotent and will not be planned twice.
+            self._rollouts.put(await self._client.get(ROLLOUTS, name=meta["name"], namespace=meta["namespace"]))
+            raise StatusConflict(str(exc)) from exc
+        self._rollouts.put(updated)
+        return updated
+
+    async def _record_failure(self, key: ObjectKey, body: Body, exc: ApiError) -> None:
+        """Best effort: the ReconcileError condition, and an Event when it is new. Never raises."""
+        message = f"{exc.reason or 'Error'} ({exc.status or 'no response'}): {exc.message}"
+        status = parse_status(body.get("status"))
+        before = status.condition(ERROR_CONDITION)
+        if before is not None and before.status == "True" and before.message == message:
+            return
+        context = {"rollout": str(key), "decision": "Error"}
+        await self._reporter.emit(body, (Event("ReconcileFailed", message, warning=True),), context=context)
+        now = datetime.now(UTC)
+        conditions = [c for c in (body.get("status") or {}).get("conditions") or [] if c["type"] != ERROR_CONDITION]
+        conditions.append(condition(status.conditions, type_=ERROR_CONDITION, status=True,
+                                    reason=exc.reason or "ApiError", message=message, now=now))
+        try:
+            await self._patch_status(body, {"conditions": conditions})
+        except (ApiError, StatusConflict) as failure:
+            log.warning("could not record the failure in the status of %s: %s", key, failure)
 
 
-def _drift_event(observed: Observed, decision: Decision) -> Event | None:
-    if observed.canary_weight != UNKNOWN_WEIGHT:
-        return None
-    return Event("TrafficWeightDrift", "the traffic router's weights were changed outside sluice (routes disagree "
-                 f"or do not add up to 100); re-applied canary weight {decision.status.get('canaryWeight', 0)}",
-                 warning=True)
+def _resolve_error_condition(body: Body, wanted: dict[str, Any]) -> None:
+    """A successful reconcile flips an earlier ReconcileError condition to False (kept, with its transition time)."""
+    before = parse_status(body.get("status")).condition(ERROR_CONDITION)
+    if before is None or "conditions" not in wanted:
+        return
+    resolved = condition((before,), type_=ERROR_CONDITION, status=False, reason="Reconciled", message="",
+                         now=datetime.now(UTC))
+    wanted["conditions"] = [*(c for c in wanted["conditions"] if c["type"] != ERROR_CONDITION), resolved]
 
 
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 0
+def _drift_event(rollout: Rollout, decision: Decision) -> Event | None:
+    """A weight write whose `previous` is not what sluice last wrote means someone else changed the routes."""
+    recorded = rollout.status.canary_weight
+    for action in decision.actions:
+        if isinstance(action, SetWeight) and action.previous != recorded:
+            found = "routes that disagree" if action.previous == UNKNOWN_WEIGHT else f"canary {action.previous}"
+            return Event("TrafficWeightDrift", f"the traffic router was changed outside sluice ({found}, sluice had "
+                         f"set {recorded}); putting canary {action.weight} back", warning=True)
+    return None

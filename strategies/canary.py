@@ -91,9 +91,9 @@ class _Draft:
     wake: list[float] = field(default_factory=list)
 
     def act(self, action: Action) -> None:
+        # The reconciler reports an action (Event + log line) as soon as it is applied, so `events` holds only
+        # what happened to the Rollout as a whole (steps, pauses, aborts).
         self.actions.append(action)
-        reason, message = action.describe()
-        self.events.append(Event(reason, message))
 
     def event(self, reason: str, message: str, *, warning: bool = False) -> None:
         self.events.append(Event(reason, message, warning))
@@ -103,7 +103,7 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
     ctx, draft = _context(rollout, observed), _Draft()
     if rollout.status.stable_hash and ctx.stable != rollout.status.stable_hash:
         draft.event("StableReplicaSetMissing", f"no ReplicaSet for stable {rollout.status.stable_hash}; "
-                    f"revision {ctx.desired} becomes stable", warning=True)
+                    f"revision {ctx.stable} is taken as stable", warning=True)
     if ctx.desired == ctx.stable:
         _plan_stable(ctx, draft)
     elif ctx.abort:
@@ -118,10 +118,16 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
 def _context(rollout: Rollout, obs: Observed) -> _Ctx:
     spec, st = rollout.spec, rollout.status
     desired = spec.template_hash
-    stable = st.stable_hash if st.stable_hash and st.stable_hash in obs.by_hash else desired
+    # The stable revision: from status; if status lost it (restored from a backup), the one the stable Service
+    # selects; only when neither has a ReplicaSet does the current template become stable.
+    stable = next((h for h in (st.stable_hash, obs.stable_service_hash) if h and h in obs.by_hash), desired)
     new_revision = st.canary_hash != desired
     reset = new_revision or st.current_step_hash != steps_hash(spec.canary.steps)
+    index = 0 if reset else st.current_step_index
+    # What the router sends to this canary counts as reached (a crash after writing the weight, before the status)
+    # but never beyond what the steps so far allow: a weight raised by someone else is corrected, not adopted.
     watched = obs.canary_weight if obs.canary_service_hash == desired else 0
+    watched = min(watched, _weight_allowed(spec.canary.steps, index))
     # A retry (status.abort set back to false while abortedAt is still there) starts the walk again: time spent
     # aborted is not lack of progress.
     retry = not st.abort and st.aborted_at is not None
@@ -131,12 +137,19 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
                 and paused_before.reason == "PausedByUser")
     return _Ctx(
         rollout=rollout, obs=obs, now=obs.now, desired=desired, stable=stable, new_revision=new_revision,
-        index=0 if reset else st.current_step_index,
+        index=index,
         held_weight=0 if new_revision else max(st.canary_weight, watched),
         abort=st.abort and not new_revision, abort_reason="requested by a user",
         last_progress=(obs.now if new_revision or retry or unpaused or st.last_progress_time is None
                        else st.last_progress_time),
     )
+
+
+def _weight_allowed(steps: tuple[SetWeightStep | PauseStep, ...], index: int) -> int:
+    """The highest weight the steps up to and including `index` set (100 once every step is done)."""
+    if index >= len(steps):
+        return 100
+    return max((s.weight for s in steps[: index + 1] if isinstance(s, SetWeightStep)), default=0)
 
 
 # -- the three paths ---------------------------------------------------------------------------------------------
@@ -200,7 +213,14 @@ def _plan_canary(ctx: _Ctx, draft: _Draft) -> None:
     _ensure_replica_sets(ctx, draft, {ctx.stable: spec.replicas, ctx.desired: needed})
     canary = ctx.canary_rs
     available = canary.available if canary else 0
-    route_to = ctx.desired if available > 0 else ctx.stable
+    # The canary Service moves to the canary's pods only when they can carry the weight it holds, and back to the
+    # stable pods when none is available (a crashed canary); in between it stays, so an HPA scale-up that the
+    # canary has not caught up with yet does not take the canary out of traffic.
+    if ctx.obs.canary_service_hash == ctx.desired:
+        route_to = ctx.desired if available > 0 else ctx.stable
+    else:
+        enough = max(1, canary_replicas(ctx.held_weight, spec.replicas))
+        route_to = ctx.desired if available >= enough else ctx.stable
     ready = canary is not None and available >= needed and canary.replicas >= needed
     if spec.paused or not ready or step is not None:
         # Not when promoting: _promote points the stable Service at the canary (after a crash half way through
@@ -354,20 +374,24 @@ def _route(ctx: _Ctx, draft: _Draft, *, weight: int, canary_hash: str) -> None:
     """
     current = ctx.obs.canary_weight
     moving = ctx.obs.canary_service_hash != canary_hash
-    if moving and ctx.obs.canary_service_hash not in (ctx.stable, ctx.desired) and current > 0:
+    if moving and ctx.obs.canary_service_hash not in (ctx.stable, ctx.desired) and current != 0:
         draft.act(SetWeight(0, current))
         current = 0
     if weight < current:
         draft.act(SetWeight(weight, current))
         current = weight
-    if moving:
+    target = ctx.obs.by_hash.get(canary_hash)
+    if moving and target is not None and target.available > 0:
         draft.act(SetServiceSelector(ctx.rollout.spec.canary.canary_service, canary_hash))
     if weight > current:
         draft.act(SetWeight(weight, current))
 
 
 def _set_stable_selector(ctx: _Ctx, draft: _Draft, hash_: str) -> None:
-    if ctx.obs.stable_service_hash != hash_:
+    """The stable Service takes all the traffic it gets: it moves only to a revision whose pods are all available
+    (on a first version it keeps selecting whatever it selected before, e.g. a Deployment's pods, until then)."""
+    target = ctx.obs.by_hash.get(hash_)
+    if ctx.obs.stable_service_hash != hash_ and target is not None and target.available >= ctx.rollout.spec.replicas:
         draft.act(SetServiceSelector(ctx.rollout.spec.canary.stable_service, hash_))
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from rollout.kube import EVENTS, ROLLOUTS, KubeClient
+from rollout.kube import EVENTS, ROLLOUTS, VIRTUALSERVICES, KubeClient
 from strategies.model import REVISION_ANNOTATION
 from tests.integration.kit import (
     ControllerProcess,
@@ -284,3 +284,24 @@ async def test_old_replica_sets_kept_up_to_revision_history_limit(kube: KubeClie
     rs = await wait_for(pruned, what="only the stable and 2 old ReplicaSets left", timeout=40)
     revisions = sorted(int(body["metadata"]["annotations"][REVISION_ANNOTATION]) for body in rs.values())
     assert revisions == [3, 4, 5]
+
+
+async def test_weights_changed_by_hand_are_put_back(kube: KubeClient, namespace: str,
+                                                    controller: ControllerProcess) -> None:
+    ns = namespace
+    await create_app(kube, ns)
+    await _start_v2(kube, ns)
+    # A GitOps tool or a hand edit sends 70% to the canary while sluice holds it at 10%.
+    await kube.patch(VIRTUALSERVICES, name="web", namespace=ns, patch_type="json", patch=[
+        {"op": "replace", "path": "/spec/http/0/route/0/weight", "value": 30},
+        {"op": "replace", "path": "/spec/http/0/route/1/weight", "value": 70},
+    ])
+
+    async def restored() -> bool:
+        return await weights(kube, ns) == (90, 10)
+
+    await wait_for(restored, what="weights put back within a resync", timeout=45)
+    assert "TrafficWeightDrift" in await _event_reasons(kube, ns)
+    st = await status(kube, ns)
+    assert st["canaryWeight"] == 10
+    assert st["currentStepIndex"] == 1

@@ -1,0 +1,104 @@
+"""Reads what the planner decides on: the Rollout's ReplicaSets (from the informer's store, by owner), its two
+Services and its traffic router (one GET each), as a plain `Observed` snapshot.
+
+Problems the user has to fix (a Service or VirtualService missing, selectors that select other pods) come out as one
+`SpecError` listing all of them in a fixed order, so fixing one does not reveal the next. API failures (403, 5xx)
+come out as `ApiError` for the reconciler to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any, cast
+
+from rollout.kube import SERVICES, Body, KubeClient, NotFound
+from rollout.queueing import ObjectKey
+from rollout.routers import RouterError, TrafficRouter
+from rollout.watching import Store
+from strategies.model import (
+    HASH_LABEL,
+    REVISION_ANNOTATION,
+    SCALE_DOWN_ANNOTATION,
+    Observed,
+    ReplicaSetState,
+    Rollout,
+    SpecError,
+    parse_time,
+)
+
+
+async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: TrafficRouter,
+                  replica_sets: Store, now: datetime, resync: float) -> Observed:
+    canary = rollout.spec.canary
+    results = await asyncio.gather(
+        _service(client, rollout, canary.stable_service), _service(client, rollout, canary.canary_service),
+        router.verify(), return_exceptions=True,
+    )
+    problems = [str(r) for r in results if isinstance(r, SpecError | RouterError)]
+    if problems:
+        raise SpecError("; ".join(problems))
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    stable_svc, canary_svc = cast(Body, results[0]), cast(Body, results[1])
+    return Observed(
+        now=now,
+        replica_sets=owned_replica_sets(replica_sets, body),
+        stable_service_hash=_selected_hash(stable_svc),
+        canary_service_hash=_selected_hash(canary_svc),
+        canary_weight=await router.current_weight(),
+        resync=resync,
+    )
+
+
+def _selected_hash(service: Body) -> str | None:
+    value = ((service.get("spec") or {}).get("selector") or {}).get(HASH_LABEL)
+    return str(value) if value is not None else None
+
+
+async def _service(client: KubeClient, rollout: Rollout, name: str) -> Body:
+    try:
+        service = await client.get(SERVICES, name=name, namespace=rollout.namespace)
+    except NotFound as exc:
+        raise SpecError(f"Service {rollout.namespace}/{name} not found") from exc
+    selector = {k: v for k, v in ((service.get("spec") or {}).get("selector") or {}).items() if k != HASH_LABEL}
+    labels = (rollout.spec.template.get("metadata") or {}).get("labels") or {}
+    if not selector:
+        raise SpecError(f"Service {rollout.namespace}/{name} has no selector; it needs one matching the pods")
+    mismatched = {k: v for k, v in selector.items() if labels.get(k) != v}
+    if mismatched:
+        raise SpecError(f"Service {rollout.namespace}/{name} selects {mismatched}, which the pod template's "
+                        "labels do not have")
+    return service
+
+
+def owned_replica_sets(store: Store, rollout: Body) -> tuple[ReplicaSetState, ...]:
+    """The ReplicaSets this Rollout (this uid: not a deleted namesake) controls, oldest revision first."""
+    meta = rollout["metadata"]
+    owned: list[ReplicaSetState] = []
+    for rs in store.by_index(ObjectKey(meta["namespace"], meta["name"])):
+        rs_meta = rs["metadata"]
+        controlled = any(o.get("uid") == meta.get("uid") and o.get("controller")
+                         for o in rs_meta.get("ownerReferences") or [])
+        hash_ = (rs_meta.get("labels") or {}).get(HASH_LABEL)
+        if rs_meta.get("deletionTimestamp") or not controlled or not hash_:
+            continue
+        annotations = rs_meta.get("annotations") or {}
+        status = rs.get("status") or {}
+        owned.append(ReplicaSetState(
+            name=rs_meta["name"], hash=hash_,
+            revision=_int(annotations.get(REVISION_ANNOTATION)),
+            replicas=_int((rs.get("spec") or {}).get("replicas")),
+            ready=_int(status.get("readyReplicas")),
+            available=_int(status.get("availableReplicas")),
+            scale_down_at=parse_time(annotations.get(SCALE_DOWN_ANNOTATION)),
+        ))
+    return tuple(sorted(owned, key=lambda rs: rs.revision))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
