@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from rollout.kube import EVENTS, ROLLOUTS, SERVICES, VIRTUALSERVICES, ApiError, KubeClient
+from rollout.kube import EVENTS, REPLICASETS, ROLLOUTS, SERVICES, VIRTUALSERVICES, ApiError, KubeClient
+from strategies.model import template_hash
 from tests.integration.kit import (
     ControllerProcess,
     condition,
@@ -163,3 +164,31 @@ async def test_invalid_rollout_does_not_disturb_others(kube: KubeClient, namespa
     await wait_status(kube, ns, paused_at(1), what="the valid rollout walks")
     assert await weights(kube, ns) == (90, 10)
     assert controller.alive, "an invalid Rollout crashed the controller"
+
+
+async def test_replica_set_name_taken_by_another_owner_is_reported_without_a_hot_loop(
+        kube: KubeClient, namespace: str, controller: ControllerProcess) -> None:
+    ns = namespace
+    body = rollout_body()
+    name = f"web-{template_hash(body['spec']['template'])}"
+    # What `kubectl delete rollout web --cascade=orphan` leaves behind: a ReplicaSet with sluice's name, no owner.
+    labels = {"app": "orphan"}
+    await kube.create(REPLICASETS, {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": name}, "spec": {
+        "replicas": 0, "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "x:1"}]}}}},
+        namespace=ns)
+    await create_app(kube, ns, body)
+    st = await wait_status(kube, ns, lambda s: condition(s, "ReconcileError").get("status") == "True",
+                           what="ReconcileError condition")
+    assert "not controlled by this Rollout" in condition(st, "ReconcileError")["message"]
+    items, _ = await kube.list(EVENTS, namespace=ns)
+    assert [e["reason"] for e in items if e["reason"] == "ReconcileFailed"] == ["ReconcileFailed"]
+    # Backing off, not hammering: the Rollout is not rewritten over and over.
+    version = (await kube.get(ROLLOUTS, name="web", namespace=ns))["metadata"]["resourceVersion"]
+    await asyncio.sleep(3)
+    assert (await kube.get(ROLLOUTS, name="web", namespace=ns))["metadata"]["resourceVersion"] == version
+    assert controller.alive
+    # Once the namesake is gone, the Rollout recovers and the condition turns False.
+    await kube.delete(REPLICASETS, name=name, namespace=ns)
+    st = await wait_status(kube, ns, lambda s: s.get("phase") == "Healthy", what="recovered", timeout=90)
+    assert condition(st, "ReconcileError")["status"] == "False"

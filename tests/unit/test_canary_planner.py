@@ -284,11 +284,8 @@ def test_first_version_goes_straight_to_healthy_without_steps() -> None:
     h1 = hash_of("app:1")
 
     first = cluster.reconcile()
-    assert first.actions == (
-        CreateReplicaSet(h1, 1, 10),
-        SetServiceSelector(STABLE_SVC, h1),
-        SetServiceSelector(CANARY_SVC, h1),
-    )
+    # The Services keep selecting what they selected (say, a Deployment's pods) until the new pods are available.
+    assert first.actions == (CreateReplicaSet(h1, 1, 10),)
     assert first.status["phase"] == "Progressing"
     assert first.status["currentStepIndex"] == len(STEPS)
     assert (first.status["stableHash"], first.status["canaryHash"]) == (h1, h1)
@@ -296,7 +293,8 @@ def test_first_version_goes_straight_to_healthy_without_steps() -> None:
     cluster.make_available()
     second = cluster.reconcile()
     assert second.summary == "Healthy"
-    assert second.actions == ()
+    assert second.actions == (SetServiceSelector(STABLE_SVC, h1), SetServiceSelector(CANARY_SVC, h1))
+    assert cluster.reconcile().actions == ()
     assert cluster.weight == 0
     assert condition(cluster.status, "Available")["status"] == "True"
     assert condition(cluster.status, "Progressing")["reason"] == "RolloutCompleted"
@@ -883,7 +881,7 @@ def test_old_replica_sets_pruned_beyond_revision_history_limit() -> None:
                       canary_service_hash=h9)
     decision = cluster.reconcile()
     assert decision.actions == tuple(DeleteReplicaSet(rs_name(f"app:{n}")) for n in (3, 2, 1))
-    assert "ReplicaSetPruned" in event_reasons(decision)
+    assert "ReplicaSetPruned" in [a.describe()[0] for a in decision.actions]
     assert sorted(cluster.replica_sets) == sorted([rs_name("app:4"), rs_name("app:5"), rs_name("app:9")])
 
 
@@ -950,3 +948,132 @@ def test_canary_replicas_is_the_smallest_count_covering_the_weight(weight: int, 
     assert 0 <= n <= replicas
     assert n * 100 >= weight * replicas
     assert n == 0 or (n - 1) * 100 < weight * replicas
+
+
+# -- observed state that disagrees with the status ----------------------------------------------------------------
+
+
+def selector_moves(decisions: Sequence[Decision], service: str) -> list[str]:
+    """The hashes a Service was pointed at, in order, over these decisions."""
+    return [a.hash for d in decisions for a in d.actions if isinstance(a, SetServiceSelector) and a.service == service]
+
+
+def test_status_lost_mid_rollout_adopts_stable_from_the_stable_service() -> None:
+    cluster = canary_at_weight_50()
+    h1, h2 = hash_of("app:1"), hash_of("app:2")
+    cluster.body["status"] = {}  # restored from a backup taken before the Rollout had a status
+
+    first = cluster.reconcile()
+    assert first.status["stableHash"] == h1  # what the stable Service selects, not the template
+    assert first.status["canaryHash"] == h2
+    # The canary walks its steps again from the first (its progress was in the lost status) instead of becoming
+    # the stable revision: setWeight 10 is done at once, its pods being up.
+    assert (first.summary, first.status["currentStepIndex"], first.status["canaryWeight"]) == ("StepCompleted", 1, 10)
+    assert "StableReplicaSetMissing" not in event_reasons(first)
+    decisions = [first, reconcile_with_pods(cluster)]  # the indefinite pause
+    assert cluster.status["phase"] == "Paused"
+    cluster.resume()
+    decisions += walk_until(cluster, at_step(3))
+    assert h2 not in selector_moves(decisions, STABLE_SVC)
+    assert (cluster.stable_service_hash, cluster.status["stableHash"]) == (h1, h1)
+    assert cluster.rs("app:1").replicas == 10
+    assert (cluster.canary_service_hash, cluster.weight) == (h2, 50)
+
+
+def test_missing_stable_replica_set_keeps_services_until_new_pods_are_all_available() -> None:
+    cluster = stuck_canary()
+    h1, h2 = hash_of("app:1"), hash_of("app:2")
+    cluster.make_available("app:2", count=1)
+    del cluster.replica_sets[rs_name("app:1")]  # deleted by hand; the status still names it
+    assert cluster.status["stableHash"] == h1
+
+    first = cluster.reconcile()
+    assert [(e.reason, e.warning) for e in first.events if e.reason == "StableReplicaSetMissing"] == [
+        ("StableReplicaSetMissing", True)]
+    assert ScaleReplicaSet(rs_name("app:2"), 10, 1) in first.actions  # app:2 becomes the stable revision
+    assert selector_moves([first], STABLE_SVC) == []
+    for _ in range(8):  # 2..9 of 10 available
+        cluster.make_available("app:2", count=1)
+        assert selector_moves([cluster.reconcile()], STABLE_SVC) == []
+    assert cluster.rs("app:2").available == 9
+    assert cluster.stable_service_hash == h1
+
+    cluster.make_available("app:2", count=1)
+    assert selector_moves([cluster.reconcile()], STABLE_SVC) == [h2]
+
+
+def set_available(cluster: Cluster, image: str, available: int) -> None:
+    """Exactly `available` pods of one ReplicaSet are ready and available (pods crash, or come back)."""
+    rs = cluster.rs(image)
+    cluster.replica_sets[rs.name] = replace(rs, ready=available, available=available)
+
+
+def test_canary_service_returns_to_the_canary_only_when_it_can_carry_its_weight() -> None:
+    cluster = canary_at_weight_50()
+    h1, h2 = hash_of("app:1"), hash_of("app:2")
+    assert cluster.rs("app:2").replicas == 5
+
+    set_available(cluster, "app:2", 0)  # every canary pod crashed
+    crashed = cluster.reconcile()
+    assert selector_moves([crashed], CANARY_SVC) == [h1]
+    assert weights([crashed]) == []
+    assert (cluster.weight, cluster.status["canaryWeight"]) == (50, 50)  # the weight is held, not lowered
+
+    set_available(cluster, "app:2", 1)  # one pod cannot carry 50% of the traffic
+    one = cluster.reconcile()
+    assert selector_moves([one], CANARY_SVC) == []
+    assert cluster.canary_service_hash == h1
+    set_available(cluster, "app:2", 4)
+    assert selector_moves([cluster.reconcile()], CANARY_SVC) == []
+
+    set_available(cluster, "app:2", 5)
+    back = cluster.reconcile()
+    assert selector_moves([back], CANARY_SVC) == [h2]
+    assert weights([back]) == []
+    assert (cluster.weight, cluster.status["canaryWeight"]) == (50, 50)
+
+
+def test_hpa_scale_up_keeps_the_canary_in_traffic() -> None:
+    cluster = canary_at_weight_50()
+    h2 = hash_of("app:2")
+    cluster.spec["replicas"] = 20
+    decisions = [cluster.reconcile()]
+    assert ScaleReplicaSet(rs_name("app:2"), 10, 5) in decisions[0].actions
+    for _ in range(5):  # the canary catches up one pod at a time: 6..10 of 10
+        cluster.make_available("app:2", count=1)
+        decisions.append(cluster.reconcile())
+    assert selector_moves(decisions, CANARY_SVC) == []
+    assert weights(decisions) == []
+    assert (cluster.canary_service_hash, cluster.weight) == (h2, 50)
+    assert cluster.rs("app:2").available == 10
+
+
+def test_weight_raised_outside_sluice_is_put_back() -> None:
+    cluster = healthy_cluster()
+    cluster.set_image("app:2")
+    walk_until(cluster, at_step(1))
+    assert (cluster.weight, cluster.status["canaryWeight"]) == (10, 10)
+    cluster.weight = 80  # someone edits the VirtualService by hand
+
+    decision = cluster.reconcile()
+    assert weights([decision]) == [10]
+    assert SetWeight(10, 80) in decision.actions
+    assert decision.status["canaryWeight"] == 10
+    assert not [a for a in decision.actions if isinstance(a, ScaleReplicaSet)]
+    assert (cluster.rs("app:2").replicas, cluster.weight) == (1, 10)
+
+
+def test_unreadable_weight_goes_to_zero_before_a_superseded_canary_service_moves() -> None:
+    # As test_traffic_leaves_a_superseded_revision_before_the_canary_service_moves, with a router whose weight
+    # for the canary cannot be read (rollout.routers.UNKNOWN_WEIGHT, -1): it may be sending app:3 anything.
+    cluster = canary_at_weight_50(abort_delay=45)
+    cluster.set_image("app:3")
+    for _ in range(4):
+        reconcile_with_pods(cluster)
+    assert cluster.canary_service_hash == hash_of("app:3")
+    cluster.weight = -1
+    cluster.set_image("app:2")
+    actions = cluster.reconcile().actions
+    route = [a for a in actions if isinstance(a, SetWeight | SetServiceSelector)]
+    assert route[0] == SetWeight(0, -1)
+    assert route == [SetWeight(0, -1), SetServiceSelector(CANARY_SVC, hash_of("app:2")), SetWeight(10, 0)]
