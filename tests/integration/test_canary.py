@@ -51,6 +51,13 @@ async def _at_fifty(kube: KubeClient, ns: str) -> tuple[str, str]:
     return v1, v2
 
 
+async def _scaled_to_zero(kube: KubeClient, ns: str, hash_: str, *, what: str) -> None:
+    async def scaled() -> bool:
+        return bool((await replica_sets(kube, ns))[hash_]["spec"]["replicas"] == 0)
+
+    await wait_for(scaled, what=what, timeout=30)
+
+
 async def _event_reasons(kube: KubeClient, ns: str) -> list[str]:
     items, _ = await kube.list(EVENTS, namespace=ns)
     return [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["creationTimestamp"])]
@@ -93,10 +100,7 @@ async def test_full_walk_checks_weights_and_selectors_at_every_step(kube: KubeCl
     assert await selector_hash(kube, ns, "web-stable") == v2
     assert await selector_hash(kube, ns, "web-canary") == v2
 
-    async def old_scaled_down() -> bool:
-        return bool((await replica_sets(kube, ns))[v1]["spec"]["replicas"] == 0)
-
-    await wait_for(old_scaled_down, what="old stable scaled down after scaleDownDelaySeconds", timeout=30)
+    await _scaled_to_zero(kube, ns, v1, what="old stable scaled down after scaleDownDelaySeconds")
     reasons = await _event_reasons(kube, ns)
     for reason in ("NewReplicaSetCreated", "ScalingReplicaSet", "TrafficWeightUpdated", "RolloutPaused",
                    "RolloutResumed", "RolloutStepCompleted", "RolloutCompleted"):
@@ -164,10 +168,7 @@ async def test_abort_returns_all_traffic_to_stable_and_retry_restarts(kube: Kube
     assert await selector_hash(kube, ns, "web-canary") == v1
     assert await selector_hash(kube, ns, "web-stable") == v1
 
-    async def canary_scaled_down() -> bool:
-        return bool((await replica_sets(kube, ns))[v2]["spec"]["replicas"] == 0)
-
-    await wait_for(canary_scaled_down, what="canary scaled down after abortScaleDownDelaySeconds", timeout=30)
+    await _scaled_to_zero(kube, ns, v2, what="canary scaled down after abortScaleDownDelaySeconds")
     assert "RolloutAborted" in await _event_reasons(kube, ns)
 
     await patch_status(kube, ns, {"abort": False})
@@ -192,10 +193,7 @@ async def test_new_template_mid_rollout_supersedes_the_canary(kube: KubeClient, 
     rs = await replica_sets(kube, ns)
     assert rs[v3]["metadata"]["annotations"][REVISION_ANNOTATION] == "3"
 
-    async def v2_scaled_down() -> bool:
-        return bool((await replica_sets(kube, ns))[v2]["spec"]["replicas"] == 0)
-
-    await wait_for(v2_scaled_down, what="superseded canary scaled down", timeout=30)
+    await _scaled_to_zero(kube, ns, v2, what="superseded canary scaled down")
 
 
 async def test_back_to_stable_template_is_a_fast_rollback(kube: KubeClient, namespace: str,
