@@ -172,13 +172,40 @@ def _plan_stable(ctx: _Ctx, draft: _Draft) -> None:
     elif healthy:
         phase, message = "Healthy", f"revision {ctx.stable} is stable with {available}/{spec.replicas} available"
     else:
-        phase, message = "Progressing", f"waiting for stable pods: {available}/{spec.replicas} available"
+        _stable_short(ctx, draft, available=available)
+        return
     if draft.summary == "Progressing":
         draft.summary = phase
     _progress(ctx, draft, index=len(spec.canary.steps), weight=0, abort=False, clear_pause=True)
     _finish(ctx, draft, phase=phase, message=message,
             progressing=(True, "RolloutCompleted" if healthy else "ReplicaSetUpdated"),
             paused="PausedByUser" if spec.paused else None)
+
+
+def _stable_short(ctx: _Ctx, draft: _Draft, *, available: int) -> None:
+    """Stable has fewer available pods than replicas (a first version coming up, a bad image, lost nodes): the
+    progress deadline applies as for a canary, counted from when it fell short or last gained a pod."""
+    spec, st = ctx.rollout.spec, ctx.status
+    was_available = st.condition("Available")
+    since = ctx.now if was_available is None or was_available.status == "True" else max(
+        ctx.last_progress, was_available.last_transition_time)
+    if available > st.stable_available_replicas:
+        since = ctx.now
+    deadline = since + timedelta(seconds=spec.progress_deadline)
+    _progress(ctx, draft, index=len(spec.canary.steps), weight=0, abort=False, clear_pause=True, last_progress=since)
+    if deadline > ctx.now:
+        draft.wake.append(seconds_until(deadline, ctx.now))
+        _finish(ctx, draft, phase="Progressing", progressing=(True, "ReplicaSetUpdated"),
+                message=f"waiting for stable pods: {available}/{spec.replicas} available")
+        return
+    message = (f"ProgressDeadlineExceeded: stable {ctx.stable} has {available}/{spec.replicas} available pods "
+               f"after {spec.progress_deadline:g}s")
+    previous = st.condition("Degraded")
+    if previous is None or previous.reason != "ProgressDeadlineExceeded" or previous.status != "True":
+        draft.event("ProgressDeadlineExceeded", message, warning=True)
+    draft.summary = "Degraded"
+    _finish(ctx, draft, phase="Degraded", message=message, progressing=(False, "ProgressDeadlineExceeded"),
+            degraded=("ProgressDeadlineExceeded", message))
 
 
 def _plan_abort(ctx: _Ctx, draft: _Draft) -> None:

@@ -143,6 +143,7 @@ class RolloutStatus:
     stable_hash: str | None = None
     canary_hash: str | None = None
     canary_available_replicas: int = 0
+    stable_available_replicas: int = 0
     abort: bool = False
     aborted_at: datetime | None = None
     promote_full: bool = False
@@ -298,6 +299,7 @@ def parse_status(raw: Mapping[str, Any] | None) -> RolloutStatus:
         stable_hash=raw.get("stableHash") or None,
         canary_hash=raw.get("canaryHash") or None,
         canary_available_replicas=int(raw.get("canaryAvailableReplicas", 0) or 0),
+        stable_available_replicas=int(raw.get("stableAvailableReplicas", 0) or 0),
         abort=bool(raw.get("abort", False)),
         aborted_at=parse_time(raw.get("abortedAt")),
         promote_full=bool(raw.get("promoteFull", False)),

@@ -303,3 +303,14 @@ async def test_weights_changed_by_hand_are_put_back(kube: KubeClient, namespace:
     st = await status(kube, ns)
     assert st["canaryWeight"] == 10
     assert st["currentStepIndex"] == 1
+
+
+async def test_first_version_that_cannot_start_exceeds_the_progress_deadline(
+        kube: KubeClient, namespace: str, controller: ControllerProcess) -> None:
+    body = rollout_body(progressDeadlineSeconds=3)
+    body["spec"]["template"] = pod_template("registry.example/web:1", node_selector={"no-such-node": "true"})
+    await create_app(kube, namespace, body)
+    st = await wait_status(kube, namespace, lambda s: s.get("phase") == "Degraded", what="deadline exceeded")
+    assert condition(st, "Progressing")["reason"] == "ProgressDeadlineExceeded"
+    assert "0/4" in st["message"]
+    assert "ProgressDeadlineExceeded" in await _event_reasons(kube, namespace)

@@ -1077,3 +1077,37 @@ def test_unreadable_weight_goes_to_zero_before_a_superseded_canary_service_moves
     route = [a for a in actions if isinstance(a, SetWeight | SetServiceSelector)]
     assert route[0] == SetWeight(0, -1)
     assert route == [SetWeight(0, -1), SetServiceSelector(CANARY_SVC, hash_of("app:2")), SetWeight(10, 0)]
+
+
+def test_first_version_that_never_comes_up_exceeds_the_progress_deadline() -> None:
+    cluster = Cluster(rollout_body(progressDeadlineSeconds=120))
+    first = cluster.reconcile()
+    assert first.summary == "Progressing"
+    assert first.requeue_after == 120.0
+    cluster.pass_time(119)
+    assert cluster.reconcile().summary == "Progressing"
+    cluster.pass_time(1)
+    degraded = cluster.reconcile()
+    assert degraded.summary == "Degraded"
+    assert [e.reason for e in degraded.events] == ["ProgressDeadlineExceeded"]
+    assert condition(cluster.status, "Degraded")["reason"] == "ProgressDeadlineExceeded"
+    assert "stable" in cluster.status["message"]
+    cluster.pass_time(60)
+    assert cluster.reconcile().events == ()  # reported once
+    cluster.make_available()
+    assert cluster.reconcile().summary == "Healthy"
+    assert condition(cluster.status, "Degraded")["status"] == "False"
+
+
+def test_stable_losing_pods_gets_the_whole_deadline_from_when_it_fell_short() -> None:
+    cluster = healthy_cluster(rollout_body(progressDeadlineSeconds=120))
+    cluster.pass_time(10_000)  # long healthy: that time must not count
+    set_available(cluster, "app:1", 4)
+    short = cluster.reconcile()
+    assert short.summary == "Progressing"
+    assert short.requeue_after == 120.0
+    cluster.pass_time(60)
+    set_available(cluster, "app:1", 6)  # a pod more: progress, the clock restarts
+    assert cluster.reconcile().requeue_after == 120.0
+    cluster.pass_time(120)
+    assert cluster.reconcile().summary == "Degraded"
