@@ -14,7 +14,7 @@ import sys
 from dataclasses import replace
 
 from rollout.controller import Controller
-from rollout.kube import KubeClient
+from rollout.kube import ConfigError, KubeClient
 from rollout.reporting import configure_logging
 from rollout.settings import QueueSettings, Settings
 
@@ -39,7 +39,11 @@ async def _run_controller(args: argparse.Namespace) -> int:
     settings = Settings(namespaces=tuple(args.namespace))
     settings = replace(settings, queue=replace(settings.queue, workers=args.workers,
                                                resync_seconds=args.resync_seconds))
-    client = await KubeClient.connect(kubeconfig=args.kubeconfig, context=args.context, retry=settings.retry)
+    try:
+        client = await KubeClient.connect(kubeconfig=args.kubeconfig, context=args.context, retry=settings.retry)
+    except ConfigError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 2
     controller = Controller(client, settings)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()

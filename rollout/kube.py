@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NewType, cast
 from urllib.parse import quote
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client as k8s_client
 from kubernetes_asyncio import config as k8s_config
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -97,6 +99,10 @@ class NotFound(ApiError):
     pass
 
 
+class ConfigError(Exception):
+    """No usable credentials: the kubeconfig is missing or broken, and we are not inside a cluster."""
+
+
 class Conflict(ApiError):
     pass
 
@@ -139,14 +145,20 @@ class KubeClient:
                       retry: RetrySettings | None = None) -> KubeClient:
         """Load a kubeconfig file if one is given (or found by the usual rules), else the in-cluster config."""
         configuration = k8s_client.Configuration()
+        if kubeconfig and not os.path.exists(kubeconfig):  # noqa: ASYNC240 (once, at start-up)
+            raise ConfigError(f"kubeconfig {kubeconfig} does not exist")
         try:
             await k8s_config.load_kube_config(
                 config_file=kubeconfig, context=context, client_configuration=configuration
             )
-        except (k8s_config.ConfigException, FileNotFoundError, TypeError):
-            if kubeconfig:
-                raise
-            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except (k8s_config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+            if kubeconfig or context:
+                raise ConfigError(f"cannot use kubeconfig {kubeconfig or '(default)'}: {exc}") from exc
+            try:
+                k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            except k8s_config.ConfigException as in_cluster:
+                raise ConfigError(f"no kubeconfig found ({exc}) and not running in a cluster ({in_cluster}); "
+                                  "pass --kubeconfig or set KUBECONFIG") from in_cluster
         return cls(k8s_client.ApiClient(configuration), retry=retry or RetrySettings())
 
     async def close(self) -> None:

@@ -20,7 +20,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
 
-from rollout.kube import ApiError, Body, Gone, Resource, ResourceVersion
+from rollout.kube import ApiError, Body, Gone, NotFound, Resource, ResourceVersion
 from rollout.queueing import ObjectKey
 from rollout.settings import WatchSettings
 
@@ -200,7 +200,10 @@ class Informer:
 
     def _log_failure(self, exc: Exception, namespace: str | None, delay: float) -> None:
         where = f"{self.resource.plural} in {namespace or '*'}"
-        if isinstance(exc, ApiError) and exc.temporary:
+        if isinstance(exc, NotFound):
+            log.error("the API server does not serve %s/%s %s (is its CRD installed?); retrying in %.1fs",
+                      self.resource.group or "core", self.resource.version, self.resource.plural, delay)
+        elif isinstance(exc, ApiError) and exc.temporary:
             log.warning("watching %s failed (%s); retrying in %.1fs", where, exc, delay)
         elif isinstance(exc, ApiError):
             log.error("watching %s failed (%s); retrying in %.1fs", where, exc, delay)
