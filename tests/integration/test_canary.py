@@ -3,6 +3,7 @@ controller, scheduler and KWOK make pods available; tests read the VirtualServic
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -105,6 +106,15 @@ async def test_full_walk_checks_weights_and_selectors_at_every_step(kube: KubeCl
     for reason in ("NewReplicaSetCreated", "ScalingReplicaSet", "TrafficWeightUpdated", "RolloutPaused",
                    "RolloutResumed", "RolloutStepCompleted", "RolloutCompleted"):
         assert reason in reasons
+    # Every Event is also one structured (JSON) log line with the rollout's context.
+    lines = [json.loads(line) for line in controller.log_path.read_text().splitlines() if line.startswith("{")]
+    weight_lines = [line for line in lines if line.get("reason") == "TrafficWeightUpdated"]
+    assert len(weight_lines) == reasons.count("TrafficWeightUpdated")
+    for line in weight_lines:
+        assert {"rollout", "revision", "step", "weight", "decision"} <= set(line)
+        assert line["rollout"] == f"{ns}/web"
+        assert line["revision"] == v2
+    assert [line["weight"] for line in weight_lines] == [10, 50, 100, 0]
 
 
 async def test_timed_pause_expires_from_start_time_in_status(kube: KubeClient, namespace: str,
