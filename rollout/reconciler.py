@@ -25,10 +25,10 @@ from rollout.kube import ROLLOUTS, ApiError, Body, Conflict, KubeClient, label_s
 from rollout.observing import observe
 from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
-from rollout.routers import UNKNOWN_WEIGHT, RouterError, TrafficRouter, make_router
+from rollout.routers import RouterError, TrafficRouter, make_router
 from rollout.watching import Store
 from strategies.canary import invalid, plan
-from strategies.decision import Decision, Event, SetWeight, condition
+from strategies.decision import Decision, Event, condition
 from strategies.model import Rollout, SpecError, parse_rollout, parse_status
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,6 @@ class Reconciler:
             "decision": decision.summary,
         }
         applier = Applier(self._client, rollout=body, router=router, replica_sets=self._replica_sets)
-        drift = _drift_event(rollout, decision)
-        if drift is not None:
-            await self._reporter.emit(body, (drift,), context=context)
         for action in decision.actions:
             await applier.apply(action)
             reason, message = action.describe()
@@ -142,6 +139,8 @@ class Reconciler:
 
     async def _record_failure(self, key: ObjectKey, body: Body, exc: ApiError) -> None:
         """Best effort: the ReconcileError condition, and an Event when it is new. Never raises."""
+        if exc.status == 0:
+            return  # the API server is unreachable: writing about it would only spend more retries
         message = f"{exc.reason or 'Error'} ({exc.status or 'no response'}): {exc.message}"
         status = parse_status(body.get("status"))
         before = status.condition(ERROR_CONDITION)
@@ -167,14 +166,3 @@ def _resolve_error_condition(body: Body, wanted: dict[str, Any]) -> None:
     resolved = condition((before,), type_=ERROR_CONDITION, status=False, reason="Reconciled", message="",
                          now=datetime.now(UTC))
     wanted["conditions"] = [*(c for c in wanted["conditions"] if c["type"] != ERROR_CONDITION), resolved]
-
-
-def _drift_event(rollout: Rollout, decision: Decision) -> Event | None:
-    """A weight write whose `previous` is not what sluice last wrote means someone else changed the routes."""
-    recorded = rollout.status.canary_weight
-    for action in decision.actions:
-        if isinstance(action, SetWeight) and action.previous != recorded:
-            found = "routes that disagree" if action.previous == UNKNOWN_WEIGHT else f"canary {action.previous}"
-            return Event("TrafficWeightDrift", f"the traffic router was changed outside sluice ({found}, sluice had "
-                         f"set {recorded}); putting canary {action.weight} back", warning=True)
-    return None

@@ -110,6 +110,11 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
         _plan_abort(ctx, draft)
     else:
         _plan_canary(ctx, draft)
+    if any(isinstance(a, SetWeight) for a in draft.actions) and _changed_outside(rollout, observed):
+        draft.events.insert(0, Event(
+            "TrafficWeightDrift", f"the traffic router was changed outside sluice (canary "
+            f"{'weights that disagree' if observed.canary_weight < 0 else observed.canary_weight}, sluice had set "
+            f"{rollout.status.canary_weight}); putting sluice's weight back", warning=True))
     wake = min([*draft.wake, observed.resync])
     return Decision(summary=draft.summary, actions=tuple(draft.actions), status=draft.status,
                     events=tuple(draft.events), requeue_after=wake)
@@ -127,7 +132,8 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
     # What the router sends to this canary counts as reached (a crash after writing the weight, before the status)
     # but never beyond what the steps so far allow: a weight raised by someone else is corrected, not adopted.
     watched = obs.canary_weight if obs.canary_service_hash == desired else 0
-    watched = min(watched, _weight_allowed(spec.canary.steps, index))
+    steps_edited = not new_revision and st.current_step_hash != steps_hash(spec.canary.steps)
+    watched = min(watched, 100 if steps_edited else _weight_allowed(spec.canary.steps, index))
     # A retry (status.abort set back to false while abortedAt is still there) starts the walk again: time spent
     # aborted is not lack of progress.
     retry = not st.abort and st.aborted_at is not None
@@ -143,6 +149,22 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
         last_progress=(obs.now if new_revision or retry or unpaused or st.last_progress_time is None
                        else st.last_progress_time),
     )
+
+
+def _changed_outside(rollout: Rollout, obs: Observed) -> bool:
+    """A router weight sluice cannot have written itself: not what status records, not 0, and not a weight the
+    current step could have written just before a crash (or a lost status race) kept it out of the status."""
+    st, steps = rollout.status, rollout.spec.canary.steps
+    if st.canary_hash is None:
+        return False  # a new Rollout, or a status restored without its history: nothing to compare with
+    weight = obs.canary_weight
+    if weight < 0:
+        return True
+    if weight in (st.canary_weight, 0):
+        return False
+    same_steps = st.current_step_hash == steps_hash(steps)
+    reachable = _weight_allowed(steps, st.current_step_index) if same_steps else 100
+    return not st.canary_weight < weight <= reachable
 
 
 def _weight_allowed(steps: tuple[SetWeightStep | PauseStep, ...], index: int) -> int:
@@ -417,8 +439,12 @@ def _route(ctx: _Ctx, draft: _Draft, *, weight: int, canary_hash: str) -> None:
 def _set_stable_selector(ctx: _Ctx, draft: _Draft, hash_: str) -> None:
     """The stable Service takes all the traffic it gets: it moves only to a revision whose pods are all available
     (on a first version it keeps selecting whatever it selected before, e.g. a Deployment's pods, until then)."""
-    target = ctx.obs.by_hash.get(hash_)
-    if ctx.obs.stable_service_hash != hash_ and target is not None and target.available >= ctx.rollout.spec.replicas:
+    current, target = ctx.obs.stable_service_hash, ctx.obs.by_hash.get(hash_)
+    if current == hash_ or target is None:
+        return
+    # Selecting pods that no longer exist (their ReplicaSet is gone): any available pod is better than none.
+    orphaned = current is not None and current not in ctx.obs.by_hash
+    if target.available >= ctx.rollout.spec.replicas or (orphaned and target.available > 0):
         draft.act(SetServiceSelector(ctx.rollout.spec.canary.stable_service, hash_))
 
 

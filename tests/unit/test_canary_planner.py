@@ -980,10 +980,9 @@ def test_status_lost_mid_rollout_adopts_stable_from_the_stable_service() -> None
     assert (cluster.canary_service_hash, cluster.weight) == (h2, 50)
 
 
-def test_missing_stable_replica_set_keeps_services_until_new_pods_are_all_available() -> None:
+def test_missing_stable_replica_set_moves_the_stable_service_to_the_first_available_pods() -> None:
     cluster = stuck_canary()
     h1, h2 = hash_of("app:1"), hash_of("app:2")
-    cluster.make_available("app:2", count=1)
     del cluster.replica_sets[rs_name("app:1")]  # deleted by hand; the status still names it
     assert cluster.status["stableHash"] == h1
 
@@ -991,15 +990,25 @@ def test_missing_stable_replica_set_keeps_services_until_new_pods_are_all_availa
     assert [(e.reason, e.warning) for e in first.events if e.reason == "StableReplicaSetMissing"] == [
         ("StableReplicaSetMissing", True)]
     assert ScaleReplicaSet(rs_name("app:2"), 10, 1) in first.actions  # app:2 becomes the stable revision
-    assert selector_moves([first], STABLE_SVC) == []
-    for _ in range(8):  # 2..9 of 10 available
-        cluster.make_available("app:2", count=1)
-        assert selector_moves([cluster.reconcile()], STABLE_SVC) == []
-    assert cluster.rs("app:2").available == 9
-    assert cluster.stable_service_hash == h1
-
+    assert selector_moves([first], STABLE_SVC) == []  # no pod of app:2 is available yet
+    # The stable Service selects pods that no longer exist: any available pod of the new stable beats none.
     cluster.make_available("app:2", count=1)
     assert selector_moves([cluster.reconcile()], STABLE_SVC) == [h2]
+    assert cluster.stable_service_hash == h2 != h1
+
+
+def test_stable_service_waits_for_a_fully_available_revision_while_its_pods_exist() -> None:
+    # A first version next to pods the Service already selects (say, the Deployment being replaced): the Service
+    # moves only when all the new pods are available.
+    cluster = Cluster(rollout_body())
+    cluster.stable_service_hash = None
+    h1 = hash_of("app:1")
+    cluster.reconcile()
+    for _ in range(9):
+        cluster.make_available("app:1", count=1)
+        assert selector_moves([cluster.reconcile()], STABLE_SVC) == []
+    cluster.make_available("app:1", count=1)
+    assert selector_moves([cluster.reconcile()], STABLE_SVC) == [h1]
 
 
 def set_available(cluster: Cluster, image: str, available: int) -> None:
@@ -1058,6 +1067,7 @@ def test_weight_raised_outside_sluice_is_put_back() -> None:
     decision = cluster.reconcile()
     assert weights([decision]) == [10]
     assert SetWeight(10, 80) in decision.actions
+    assert [(e.reason, e.warning) for e in decision.events][:1] == [("TrafficWeightDrift", True)]
     assert decision.status["canaryWeight"] == 10
     assert not [a for a in decision.actions if isinstance(a, ScaleReplicaSet)]
     assert (cluster.rs("app:2").replicas, cluster.weight) == (1, 10)
@@ -1111,3 +1121,29 @@ def test_stable_losing_pods_gets_the_whole_deadline_from_when_it_fell_short() ->
     assert cluster.reconcile().requeue_after == 120.0
     cluster.pass_time(120)
     assert cluster.reconcile().summary == "Degraded"
+
+
+def test_crash_between_weight_and_status_is_not_reported_as_drift() -> None:
+    cluster = healthy_cluster()
+    cluster.set_image("app:2")
+    walk_until(cluster, at_step(1))
+    reconcile_with_pods(cluster)  # enters the indefinite pause
+    cluster.resume()
+    cluster.reconcile()  # leaves the pause, on to setWeight 50
+    reconcile_with_pods(cluster)  # the canary is scaled to 5 and its pods come up
+    moving = cluster.plan()
+    assert SetWeight(50, 10) in moving.actions
+    cluster.apply(moving, crash_after=len(moving.actions))  # the weight is written, the status is not
+    assert (cluster.weight, cluster.status["canaryWeight"]) == (50, 10)
+    cluster.status["abort"] = True  # and a user aborts in the meantime
+    aborted = cluster.reconcile()
+    assert SetWeight(0, 50) in aborted.actions
+    assert "TrafficWeightDrift" not in event_reasons(aborted)
+
+
+def test_new_rollout_with_unweighted_routes_is_not_reported_as_drift() -> None:
+    cluster = Cluster(rollout_body())
+    cluster.weight = -1  # the user's VirtualService routes carry no weights yet
+    first = cluster.reconcile()
+    assert SetWeight(0, -1) in first.actions or cluster.weight in (-1, 0)
+    assert "TrafficWeightDrift" not in event_reasons(first)
