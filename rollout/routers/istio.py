@@ -103,9 +103,11 @@ class IstioRouter:
             if self._body is None or attempt:
                 await self.verify()
             try:
-                await self._client.patch(VIRTUALSERVICES, name=self._name, namespace=self._namespace,
-                                         patch=self._patch(weight), patch_type="json")
-                self._body = None
+                patched = await self._client.patch(VIRTUALSERVICES, name=self._name, namespace=self._namespace,
+                                                   patch=self._patch(weight), patch_type="json")
+                # The response is the VirtualService as now stored: the next write in this decision (weight to 0,
+                # then up once the canary Service has moved) patches against it without reading it again.
+                self._body, self._refs = patched, self._resolve(patched)
                 return
             except ApiError as exc:
                 if exc.status not in (409, 422) or attempt == 2:
