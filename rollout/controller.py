@@ -38,7 +38,6 @@ class Controller:
         self._reconciler = Reconciler(client, rollouts=self.rollouts, replica_sets=self.replica_sets,
                                       reporter=Reporter(client, component=settings.controller_name),
                                       resync=settings.queue.resync_seconds)
-        self.synced = asyncio.Event()
 
     def _rollout_changed(self, event_type: str, body: Body) -> None:
         key = ObjectKey.of(body)
@@ -66,7 +65,6 @@ class Controller:
                 for informer in self._informers:
                     group.create_task(informer.run(), name=f"informer:{informer.resource.plural}")
                 await asyncio.gather(*(i.synced.wait() for i in self._informers))
-                self.synced.set()
                 log.info("caches synced: %d rollouts, %d replicasets", len(self.rollouts), len(self.replica_sets))
                 group.create_task(run_workers(self.queue, self._handle, workers=self.settings.queue.workers),
                                   name="workers")
