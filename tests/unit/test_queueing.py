@@ -7,23 +7,16 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from rollout.queueing import Handler, ObjectKey, QueueShutDown, WorkQueue, run_workers
 from rollout.settings import QueueSettings
+from tests.unit.polling import eventually
 
 A = ObjectKey("ns", "a")
 B = ObjectKey("ns", "b")
-
-
-async def eventually(condition: Callable[[], bool], *, within: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.002)
 
 
 async def let_others_run(rounds: int = 20) -> None:

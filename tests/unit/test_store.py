@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -15,6 +15,7 @@ from rollout.kube import ApiError, Body, Gone, Resource, ResourceVersion
 from rollout.queueing import ObjectKey
 from rollout.settings import WatchSettings
 from rollout.watching import Informer, Store, controller_index
+from tests.unit.polling import eventually
 
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
 FAST = WatchSettings(timeout_seconds=5, error_backoff=(0.01,))
@@ -26,14 +27,6 @@ def obj(name: str, rv: str, *, namespace: str = "ns", owner: str | None = None, 
     if owner:
         meta["ownerReferences"] = [{"kind": kind, "name": owner, "controller": controller, "uid": "u"}]
     return {"metadata": meta, "data": {"v": data}}
-
-
-async def eventually(condition: Callable[[], bool], *, within: float = 2.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached before the deadline")
-        await asyncio.sleep(0.002)
 
 
 # -- Store -------------------------------------------------------------------------------------------------------
