@@ -59,9 +59,23 @@ async def _scaled_to_zero(kube: KubeClient, ns: str, hash_: str, *, what: str) -
     await wait_for(scaled, what=what, timeout=30)
 
 
-async def _event_reasons(kube: KubeClient, ns: str) -> list[str]:
-    items, _ = await kube.list(EVENTS, namespace=ns)
-    return [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["creationTimestamp"])]
+async def _event_reasons(kube: KubeClient, ns: str, *wanted: str) -> list[str]:
+    """The namespace's Event reasons, oldest first, once every `wanted` reason is among them.
+
+    Rollout-level Events are written just after the status patch, so a test that has seen the status must wait for
+    them rather than read once.
+    """
+    seen: list[str] = []
+
+    async def listed() -> list[str] | None:
+        items, _ = await kube.list(EVENTS, namespace=ns)
+        seen[:] = [e["reason"] for e in sorted(items, key=lambda e: e["metadata"]["creationTimestamp"])]
+        return seen if all(w in seen for w in wanted) else None
+
+    try:
+        return await wait_for(listed, what=f"Events {', '.join(wanted)}", timeout=15)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; reasons seen: {seen}") from None
 
 
 async def test_first_version_goes_straight_to_healthy(kube: KubeClient, namespace: str,
@@ -102,10 +116,8 @@ async def test_full_walk_checks_weights_and_selectors_at_every_step(kube: KubeCl
     assert await selector_hash(kube, ns, "web-canary") == v2
 
     await _scaled_to_zero(kube, ns, v1, what="old stable scaled down after scaleDownDelaySeconds")
-    reasons = await _event_reasons(kube, ns)
-    for reason in ("NewReplicaSetCreated", "ScalingReplicaSet", "TrafficWeightUpdated", "RolloutPaused",
-                   "RolloutResumed", "RolloutStepCompleted", "RolloutCompleted"):
-        assert reason in reasons
+    reasons = await _event_reasons(kube, ns, "NewReplicaSetCreated", "ScalingReplicaSet", "TrafficWeightUpdated",
+                         "RolloutPaused", "RolloutResumed", "RolloutStepCompleted", "RolloutCompleted")
     # Every Event is also one structured (JSON) log line with the rollout's context.
     lines = [json.loads(line) for line in controller.log_path.read_text().splitlines() if line.startswith("{")]
     weight_lines = [line for line in lines if line.get("reason") == "TrafficWeightUpdated"]
@@ -179,7 +191,7 @@ async def test_abort_returns_all_traffic_to_stable_and_retry_restarts(kube: Kube
     assert await selector_hash(kube, ns, "web-stable") == v1
 
     await _scaled_to_zero(kube, ns, v2, what="canary scaled down after abortScaleDownDelaySeconds")
-    assert "RolloutAborted" in await _event_reasons(kube, ns)
+    await _event_reasons(kube, ns, "RolloutAborted")
 
     await patch_status(kube, ns, {"abort": False})
     st = await wait_status(kube, ns, paused_at(1), what="retry walks from the first step")
@@ -216,7 +228,7 @@ async def test_back_to_stable_template_is_a_fast_rollback(kube: KubeClient, name
     assert st["canaryHash"] == v1 and st["currentStepIndex"] == 6
     assert await weights(kube, ns) == (100, 0)
     assert await selector_hash(kube, ns, "web-canary") == v1
-    assert "RolloutRolledBack" in await _event_reasons(kube, ns)
+    await _event_reasons(kube, ns, "RolloutRolledBack")
 
 
 async def test_progress_deadline_marks_degraded(kube: KubeClient, namespace: str,
@@ -230,7 +242,7 @@ async def test_progress_deadline_marks_degraded(kube: KubeClient, namespace: str
     assert condition(st, "Progressing")["reason"] == "ProgressDeadlineExceeded"
     assert condition(st, "Degraded")["reason"] == "ProgressDeadlineExceeded"
     assert await weights(kube, ns) == (100, 0)
-    assert "ProgressDeadlineExceeded" in await _event_reasons(kube, ns)
+    await _event_reasons(kube, ns, "ProgressDeadlineExceeded")
 
 
 async def test_progress_deadline_abort_aborts(kube: KubeClient, namespace: str,
@@ -309,7 +321,7 @@ async def test_weights_changed_by_hand_are_put_back(kube: KubeClient, namespace:
         return await weights(kube, ns) == (90, 10)
 
     await wait_for(restored, what="weights put back within a resync", timeout=45)
-    assert "TrafficWeightDrift" in await _event_reasons(kube, ns)
+    await _event_reasons(kube, ns, "TrafficWeightDrift")
     st = await status(kube, ns)
     assert st["canaryWeight"] == 10
     assert st["currentStepIndex"] == 1
@@ -323,4 +335,4 @@ async def test_first_version_that_cannot_start_exceeds_the_progress_deadline(
     st = await wait_status(kube, namespace, lambda s: s.get("phase") == "Degraded", what="deadline exceeded")
     assert condition(st, "Progressing")["reason"] == "ProgressDeadlineExceeded"
     assert "0/4" in st["message"]
-    assert "ProgressDeadlineExceeded" in await _event_reasons(kube, namespace)
+    await _event_reasons(kube, namespace, "ProgressDeadlineExceeded")
