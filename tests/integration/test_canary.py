@@ -117,7 +117,7 @@ async def test_full_walk_checks_weights_and_selectors_at_every_step(kube: KubeCl
 
     await _scaled_to_zero(kube, ns, v1, what="old stable scaled down after scaleDownDelaySeconds")
     reasons = await _event_reasons(kube, ns, "NewReplicaSetCreated", "ScalingReplicaSet", "TrafficWeightUpdated",
-                         "RolloutPaused", "RolloutResumed", "RolloutStepCompleted", "RolloutCompleted")
+                                   "RolloutPaused", "RolloutResumed", "RolloutStepCompleted", "RolloutCompleted")
     # Every Event is also one structured (JSON) log line with the rollout's context.
     lines = [json.loads(line) for line in controller.log_path.read_text().splitlines() if line.startswith("{")]
     weight_lines = [line for line in lines if line.get("reason") == "TrafficWeightUpdated"]
