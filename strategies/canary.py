@@ -24,8 +24,10 @@ from typing import Any
 
 from strategies.decision import (
     Action,
+    CreateAnalysisRun,
     CreateReplicaSet,
     Decision,
+    DeleteAnalysisRun,
     DeleteReplicaSet,
     Event,
     MarkScaleDown,
@@ -33,21 +35,27 @@ from strategies.decision import (
     SetRevision,
     SetServiceSelector,
     SetWeight,
+    TerminateAnalysisRun,
     condition,
 )
 from strategies.model import (
+    AnalysisRef,
+    AnalysisRunState,
+    AnalysisStep,
     Observed,
     PauseStep,
     ReplicaSetState,
     Rollout,
     RolloutStatus,
     SetWeightStep,
+    Step,
     format_time,
     seconds_until,
     steps_hash,
 )
 
 PAUSE_REASON = "CanaryPauseStep"
+INCONCLUSIVE_REASON = "InconclusiveAnalysis"
 
 
 def canary_replicas(weight: int, replicas: int) -> int:
@@ -68,6 +76,8 @@ class _Ctx:
     abort: bool
     abort_reason: str
     last_progress: datetime
+    walk: int  # this walk of the steps; names its AnalysisRuns
+    accepted: frozenset[str]  # Inconclusive runs a human resumed past, in this walk
 
     @property
     def status(self) -> RolloutStatus:
@@ -89,6 +99,8 @@ class _Draft:
     events: list[Event] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     wake: list[float] = field(default_factory=list)
+    keep_runs: set[str] = field(default_factory=set)  # AnalysisRuns this decision wants running
+    created_runs: list[CreateAnalysisRun] = field(default_factory=list)
 
     def act(self, action: Action) -> None:
         # The reconciler reports an action (Event + log line) as soon as it is applied, so `events` holds only
@@ -110,6 +122,7 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
         _plan_abort(ctx, draft)
     else:
         _plan_canary(ctx, draft)
+    _tend_analysis_runs(ctx, draft)
     if any(isinstance(a, SetWeight) for a in draft.actions) and _changed_outside(rollout, observed):
         draft.events.insert(0, Event(
             "TrafficWeightDrift", f"the traffic router was changed outside sluice (canary "
@@ -137,6 +150,10 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
     # A retry (status.abort set back to false while abortedAt is still there) starts the walk again: time spent
     # aborted is not lack of progress.
     retry = not st.abort and st.aborted_at is not None
+    # A new walk (new revision, edited steps, retry) gets fresh AnalysisRuns: their names carry the walk number. A
+    # status that lost its count (restored from a backup) continues after the highest walk its runs carry.
+    base = st.walk if st.walk or st.canary_hash else max((r.walk for r in obs.analysis_runs), default=0)
+    walk = base + 1 if reset or retry else base
     # Time spent paused by a user does not count against the progress deadline: the clock restarts on unpause.
     paused_before = st.condition("Paused")
     unpaused = (not spec.paused and paused_before is not None and paused_before.status == "True"
@@ -148,6 +165,7 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
         abort=st.abort and not new_revision, abort_reason="requested by a user",
         last_progress=(obs.now if new_revision or retry or unpaused or st.last_progress_time is None
                        else st.last_progress_time),
+        walk=walk, accepted=frozenset() if walk != st.walk else frozenset(st.accepted_runs),
     )
 
 
@@ -167,7 +185,7 @@ def _changed_outside(rollout: Rollout, obs: Observed) -> bool:
     return not st.canary_weight < weight <= reachable
 
 
-def _weight_allowed(steps: tuple[SetWeightStep | PauseStep, ...], index: int) -> int:
+def _weight_allowed(steps: tuple[Step, ...], index: int) -> int:
     """The highest weight the steps up to and including `index` set (100 once every step is done)."""
     if index >= len(steps):
         return 100
@@ -271,6 +289,10 @@ def _plan_canary(ctx: _Ctx, draft: _Draft) -> None:
         enough = max(1, canary_replicas(ctx.held_weight, spec.replicas))
         route_to = ctx.desired if available >= enough else ctx.stable
     ready = canary is not None and available >= needed and canary.replicas >= needed
+    gated = _analysis_gate(ctx, draft, index=index, step=step, ready=ready, route_to=route_to)
+    if gated is None:
+        return
+    ctx = gated
     if spec.paused or not ready or step is not None:
         # Not when promoting: _promote points the stable Service at the canary (after a crash half way through
         # a promotion it may already be there, and must not be moved back in the same decision).
@@ -290,10 +312,129 @@ def _plan_canary(ctx: _Ctx, draft: _Draft) -> None:
         _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
         _advance(ctx, draft, index=index, weight=max(step.weight, ctx.held_weight),
                  what=f"setWeight {step.weight}")
+    elif isinstance(step, AnalysisStep):
+        _route(ctx, draft, weight=ctx.held_weight, canary_hash=ctx.desired)
+        _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+        _analysis_step(ctx, draft, index=index)
     else:
         _route(ctx, draft, weight=ctx.held_weight, canary_hash=ctx.desired)
         _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
         _pause_step(ctx, draft, index=index, step=step)
+
+
+# -- analysis ----------------------------------------------------------------------------------------------------
+
+
+def run_name(rollout: str, hash_: str, walk: int, step: int | None) -> str:
+    return f"{rollout}-{hash_}-{walk}-{'bg' if step is None else step}"
+
+
+def _ensure_run(ctx: _Ctx, draft: _Draft, *, step: int | None, ref: AnalysisRef) -> list[AnalysisRunState]:
+    name = run_name(ctx.rollout.name, ctx.desired, ctx.walk, step)
+    draft.keep_runs.add(name)
+    run = ctx.obs.runs.get(name)
+    if run is not None:
+        return [run]
+    action = CreateAnalysisRun(name=name, hash=ctx.desired, stable_hash=ctx.stable, walk=ctx.walk, step=step,
+                               analysis=ref)
+    draft.act(action)
+    draft.created_runs.append(action)
+    return []
+
+
+def _analysis_gate(ctx: _Ctx, draft: _Draft, *, index: int, step: Step | None, ready: bool,
+                   route_to: str) -> _Ctx | None:
+    """Background analysis (from its starting step) and the current step's analysis (once the canary is ready for
+    it). A Failed or Error run aborts at once, whatever the steps are doing; an Inconclusive one pauses for a human,
+    whose resume accepts it. Returns None when it decided the path, else the context (with accepted runs)."""
+    spec, st = ctx.rollout.spec, ctx.status
+    runs: list[AnalysisRunState] = []
+    background = spec.canary.analysis
+    if background is not None and index >= background.starting_step:
+        runs += _ensure_run(ctx, draft, step=None, ref=background.analysis)
+    if isinstance(step, AnalysisStep) and ready and not spec.paused:
+        runs += _ensure_run(ctx, draft, step=index, ref=step.analysis)
+    failed = next((r for r in runs if r.phase in ("Failed", "Error")), None)
+    if failed is not None:
+        reason = f"analysis {failed.name} {failed.phase.lower()}: {failed.message or 'no message'}"
+        draft.actions.clear()
+        draft.events.clear()
+        draft.wake.clear()
+        draft.keep_runs.clear()
+        draft.created_runs.clear()
+        _plan_abort(replace(ctx, abort=True, abort_reason=reason), draft)
+        return None
+    waiting = [r for r in runs if r.phase == "Inconclusive" and r.name not in ctx.accepted]
+    if not waiting:
+        return ctx
+    names = ", ".join(r.name for r in waiting)
+    if st.controller_pause and not st.pause_conditions:
+        draft.event("RolloutResumed", f"inconclusive analysis {names} accepted by a user")
+        draft.status["controllerPause"] = False
+        draft.status["pauseConditions"] = []
+        accepted = ctx.accepted | {r.name for r in waiting}
+        draft.status["acceptedAnalysisRuns"] = sorted(accepted)
+        return replace(ctx, accepted=accepted)
+    ours = next((p for p in st.pause_conditions if p.reason == INCONCLUSIVE_REASON), None)
+    if not st.controller_pause or ours is None:
+        draft.event("AnalysisInconclusive", f"paused: analysis {names} inconclusive: {waiting[0].message}",
+                    warning=True)
+    draft.status["controllerPause"] = True
+    draft.status["pauseConditions"] = [{"reason": INCONCLUSIVE_REASON,
+                                        "startTime": format_time(ours.start_time if ours else ctx.now)}]
+    _set_stable_selector(ctx, draft, ctx.stable)
+    _route(ctx, draft, weight=ctx.held_weight, canary_hash=route_to)
+    _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+    _hold(ctx, draft, index=index, phase="Paused", paused=INCONCLUSIVE_REASON,
+          message=f"paused: analysis {names} inconclusive ({waiting[0].message}); resume (remove "
+                  "status.pauseConditions) to accept it and continue, or abort")
+    return None
+
+
+def _analysis_step(ctx: _Ctx, draft: _Draft, *, index: int) -> None:
+    name = run_name(ctx.rollout.name, ctx.desired, ctx.walk, index)
+    run = ctx.obs.runs.get(name)
+    if run is not None and (run.phase == "Successful" or run.name in ctx.accepted):
+        what = f"analysis {name} " + ("successful" if run.phase == "Successful" else "inconclusive, accepted")
+        _advance(ctx, draft, index=index, weight=ctx.held_weight, what=what)
+        return
+    total = len(ctx.rollout.spec.canary.steps)
+    _hold(ctx, draft, index=index, phase="Progressing",
+          message=f"step {index + 1}/{total}: waiting for analysis {name} ({run.phase if run else 'Pending'})")
+
+
+def _tend_analysis_runs(ctx: _Ctx, draft: _Draft) -> None:
+    """Terminate the runs this decision no longer wants, prune old finished ones, and list this walk's runs in
+    status."""
+    for run in ctx.obs.analysis_runs:
+        if run.terminal or run.terminating or run.name in draft.keep_runs:
+            continue
+        if draft.summary == "Aborted":
+            why = "the rollout was aborted"
+        elif run.hash != ctx.desired or run.walk != ctx.walk:
+            why = f"superseded (revision {ctx.desired}, walk {ctx.walk})"
+        elif ctx.desired == ctx.stable or draft.summary == "Promoted":
+            why = "the rollout completed"
+        else:
+            why = "its step is over"
+        draft.act(TerminateAnalysisRun(run.name, why))
+    current = sorted(
+        [*(r for r in ctx.obs.analysis_runs if r.walk == ctx.walk and r.hash == ctx.desired),
+         *(AnalysisRunState(a.name, a.hash, a.walk, a.step, "Pending", "", False, ctx.now)
+           for a in draft.created_runs)],
+        key=lambda r: (-1 if r.step is None else r.step),
+    )
+    finished = sorted((r for r in ctx.obs.analysis_runs if r.terminal and r not in current),
+                      key=lambda r: (r.walk, r.created), reverse=True)
+    for run in finished[ctx.rollout.spec.analysis_run_history_limit:]:
+        draft.act(DeleteAnalysisRun(run.name))
+    draft.status.setdefault("walk", ctx.walk)
+    draft.status.setdefault("acceptedAnalysisRuns", sorted(ctx.accepted))
+    draft.status.setdefault("analysisRuns", [
+        {"name": r.name, "kind": "Background" if r.step is None else "Step",
+         **({} if r.step is None else {"step": r.step}), "phase": r.phase, "message": r.message}
+        for r in current
+    ])
 
 
 # -- canary step handling ----------------------------------------------------------------------------------------

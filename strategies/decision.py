@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from strategies.model import Condition, format_time
+from strategies.model import BACKGROUND, AnalysisRef, Condition, format_time
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,49 @@ class SetWeight:
         return "TrafficWeightUpdated", f"canary weight {self.previous} -> {self.weight} (stable {100 - self.weight})"
 
 
+@dataclass(frozen=True)
+class CreateAnalysisRun:
+    """Start an AnalysisRun from templates; the applier resolves the templates and args into the run's spec."""
+
+    name: str
+    hash: str  # the revision under analysis (the canary)
+    stable_hash: str
+    walk: int
+    step: int | None  # None: background analysis
+    analysis: AnalysisRef
+
+    def describe(self) -> tuple[str, str]:
+        what = "background analysis" if self.step is None else f"analysis for step {self.step + 1}"
+        templates = ", ".join(t.name for t in self.analysis.templates)
+        return "AnalysisRunCreated", f"started {what}: AnalysisRun {self.name} ({templates})"
+
+    @property
+    def step_label(self) -> str:
+        return BACKGROUND if self.step is None else str(self.step)
+
+
+@dataclass(frozen=True)
+class TerminateAnalysisRun:
+    """Stop a run that is no longer needed (step passed, rollout promoted, aborted or superseded)."""
+
+    name: str
+    why: str
+
+    def describe(self) -> tuple[str, str]:
+        return "AnalysisRunTerminated", f"terminated AnalysisRun {self.name}: {self.why}"
+
+
+@dataclass(frozen=True)
+class DeleteAnalysisRun:
+    name: str
+
+    def describe(self) -> tuple[str, str]:
+        return "AnalysisRunPruned", f"deleted old AnalysisRun {self.name} (beyond analysisRunHistoryLimit)"
+
+
 Action = (
     CreateReplicaSet | ScaleReplicaSet | SetRevision | MarkScaleDown | DeleteReplicaSet | SetServiceSelector | SetWeight
+    | CreateAnalysisRun | TerminateAnalysisRun | DeleteAnalysisRun
 )
 
 

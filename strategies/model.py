@@ -20,6 +20,10 @@ HASH_LABEL = "sluice.dev/pod-template-hash"
 ROLLOUT_LABEL = "sluice.dev/rollout"
 REVISION_ANNOTATION = "sluice.dev/revision"
 SCALE_DOWN_ANNOTATION = "sluice.dev/scale-down-deadline"
+WALK_LABEL = "sluice.dev/walk"  # on AnalysisRuns: which walk of the steps (a new revision or a retry) started them
+STEP_LABEL = "sluice.dev/analysis-step"  # on AnalysisRuns: the step index, or "background"
+BACKGROUND = "background"
+TERMINAL_RUN_PHASES = ("Successful", "Failed", "Inconclusive", "Error")
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -74,7 +78,43 @@ class PauseStep:
     duration: float | None  # seconds; None waits for a human
 
 
-Step = SetWeightStep | PauseStep
+@dataclass(frozen=True)
+class TemplateRef:
+    name: str
+    cluster: bool  # a ClusterAnalysisTemplate rather than a namespaced AnalysisTemplate
+
+
+@dataclass(frozen=True)
+class AnalysisArg:
+    """An arg given by the Rollout: a literal `value`, or `value_from` (podTemplateHashValue, fieldRef)."""
+
+    name: str
+    value: str | None = None
+    value_from: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisRef:
+    templates: tuple[TemplateRef, ...]
+    args: tuple[AnalysisArg, ...] = ()
+
+
+@dataclass(frozen=True)
+class AnalysisStep:
+    """Gate the step on an AnalysisRun: Successful proceeds, Failed/Error aborts, Inconclusive pauses."""
+
+    analysis: AnalysisRef
+
+
+@dataclass(frozen=True)
+class BackgroundAnalysis:
+    """An AnalysisRun alongside the steps, from step `starting_step` (an index into steps) until the end."""
+
+    analysis: AnalysisRef
+    starting_step: int = 0
+
+
+Step = SetWeightStep | PauseStep | AnalysisStep
 
 
 def steps_hash(steps: tuple[Step, ...]) -> str:
@@ -100,6 +140,7 @@ class CanaryStrategy:
     steps: tuple[Step, ...]
     scale_down_delay: float
     abort_scale_down_delay: float
+    analysis: BackgroundAnalysis | None = None
 
 
 @dataclass(frozen=True)
@@ -115,6 +156,7 @@ class RolloutSpec:
     progress_deadline_abort: bool
     paused: bool
     canary: CanaryStrategy
+    analysis_run_history_limit: int = 5
 
 
 @dataclass(frozen=True)
@@ -151,6 +193,8 @@ class RolloutStatus:
     pause_conditions: tuple[PauseCondition, ...] = ()
     last_progress_time: datetime | None = None
     conditions: tuple[Condition, ...] = ()
+    walk: int = 0  # bumped when a new walk of the steps starts (new revision, retry): names its AnalysisRuns
+    accepted_runs: tuple[str, ...] = ()  # Inconclusive AnalysisRuns a human resumed past
 
     def condition(self, type_: str) -> Condition | None:
         return next((c for c in self.conditions if c.type == type_), None)
@@ -180,6 +224,24 @@ class ReplicaSetState:
 
 
 @dataclass(frozen=True)
+class AnalysisRunState:
+    """One AnalysisRun this Rollout owns, as the planner needs it."""
+
+    name: str
+    hash: str
+    walk: int
+    step: int | None  # None: background analysis
+    phase: str  # Pending, Running, Successful, Failed, Inconclusive, Error
+    message: str
+    terminating: bool
+    created: datetime
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL_RUN_PHASES
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the reconciler read from the cluster for this decision, at time `now`."""
 
@@ -189,19 +251,55 @@ class Observed:
     canary_service_hash: str | None
     canary_weight: int  # what the traffic router currently sends to the canary Service
     resync: float = 300.0
+    analysis_runs: tuple[AnalysisRunState, ...] = ()
     by_hash: Mapping[str, ReplicaSetState] = field(init=False, repr=False, compare=False)
+    runs: Mapping[str, AnalysisRunState] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_hash", {rs.hash: rs for rs in self.replica_sets})
+        object.__setattr__(self, "runs", {run.name: run for run in self.analysis_runs})
 
 
 # -- parsing -----------------------------------------------------------------------------------------------------
 
 
+def _parse_analysis_ref(raw: Any, where: str) -> AnalysisRef:
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"{where}: must be an object with templates and args")
+    templates: list[TemplateRef] = []
+    for i, t in enumerate(raw.get("templates") or ()):
+        name = str((t or {}).get("templateName", ""))
+        if not name:
+            raise SpecError(f"{where}.templates[{i}].templateName: required")
+        templates.append(TemplateRef(name, bool(t.get("clusterScope", False))))
+    if not templates:
+        raise SpecError(f"{where}.templates: at least one template is required")
+    args: list[AnalysisArg] = []
+    for i, a in enumerate(raw.get("args") or ()):
+        name = str((a or {}).get("name", ""))
+        if not name:
+            raise SpecError(f"{where}.args[{i}].name: required")
+        value_from = a.get("valueFrom")
+        if ("value" in a) == (value_from is not None):
+            raise SpecError(f"{where}.args[{i}] ({name}): needs exactly one of value, valueFrom")
+        if value_from is not None:
+            kinds = [k for k in ("podTemplateHashValue", "fieldRef") if k in value_from]
+            if len(kinds) != 1:
+                raise SpecError(f"{where}.args[{i}].valueFrom: needs exactly one of podTemplateHashValue, fieldRef")
+            if "podTemplateHashValue" in value_from and value_from["podTemplateHashValue"] not in ("Stable", "Latest"):
+                raise SpecError(f"{where}.args[{i}].valueFrom.podTemplateHashValue: Stable or Latest")
+            if "fieldRef" in value_from and not (value_from["fieldRef"] or {}).get("fieldPath"):
+                raise SpecError(f"{where}.args[{i}].valueFrom.fieldRef.fieldPath: required")
+        args.append(AnalysisArg(name, None if value_from is not None else str(a["value"]), value_from))
+    return AnalysisRef(tuple(templates), tuple(args))
+
+
 def _parse_step(raw: Mapping[str, Any], index: int) -> Step:
-    actions = [k for k in ("setWeight", "pause") if k in raw]
+    actions = [k for k in ("setWeight", "pause", "analysis") if k in raw]
     if len(actions) != 1:
-        raise SpecError(f"spec.strategy.canary.steps[{index}]: needs exactly one of setWeight, pause")
+        raise SpecError(f"spec.strategy.canary.steps[{index}]: needs exactly one of setWeight, pause, analysis")
+    if "analysis" in raw:
+        return AnalysisStep(_parse_analysis_ref(raw["analysis"], f"spec.strategy.canary.steps[{index}].analysis"))
     if "setWeight" in raw:
         weight = raw["setWeight"]
         if not isinstance(weight, int) or not 0 <= weight <= 100:
@@ -241,7 +339,19 @@ def _parse_canary(raw: Mapping[str, Any]) -> CanaryStrategy:
         steps=steps,
         scale_down_delay=float(raw.get("scaleDownDelaySeconds", 30)),
         abort_scale_down_delay=float(raw.get("abortScaleDownDelaySeconds", 30)),
+        analysis=_parse_background(raw.get("analysis"), len(steps)),
     )
+
+
+def _parse_background(raw: Any, steps: int) -> BackgroundAnalysis | None:
+    if raw is None:
+        return None
+    where = "spec.strategy.canary.analysis"
+    ref = _parse_analysis_ref(raw, where)
+    starting = raw.get("startingStep", 0)
+    if not isinstance(starting, int) or not 0 <= starting <= steps:
+        raise SpecError(f"{where}.startingStep: must be a step index 0..{steps}")
+    return BackgroundAnalysis(ref, starting)
 
 
 def _selector_matches(match_labels: Mapping[str, str], expressions: tuple[Mapping[str, Any], ...],
@@ -284,6 +394,7 @@ def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
         progress_deadline_abort=bool(raw.get("progressDeadlineAbort", False)),
         paused=bool(raw.get("paused", False)),
         canary=_parse_canary(strategy["canary"]),
+        analysis_run_history_limit=int(raw.get("analysisRunHistoryLimit", 5)),
     )
 
 
@@ -317,6 +428,8 @@ def parse_status(raw: Mapping[str, Any] | None) -> RolloutStatus:
             )
             for c in raw.get("conditions") or ()
         ),
+        walk=int(raw.get("walk", 0) or 0),
+        accepted_runs=tuple(str(n) for n in raw.get("acceptedAnalysisRuns") or ()),
     )
 
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from strategies.canary import canary_replicas, plan
 from strategies.decision import CreateReplicaSet, Decision, ScaleReplicaSet, SetServiceSelector, SetWeight
-from strategies.model import Observed, PauseStep, Rollout, SetWeightStep
+from strategies.model import AnalysisStep, Observed, PauseStep, Rollout, SetWeightStep
 
 from .test_canary_planner import CANARY_SVC, STABLE_SVC, Cluster, hash_of, healthy_cluster, rollout_body
 
@@ -337,7 +337,7 @@ def reconciles_needed(rollout: Rollout, resync: float) -> int:
     """An upper bound on the reconciles a walk takes when pods come up at once and pauses are released at once."""
     total = 4  # the canary's first reconcile, scaling to full size, promotion, Healthy
     for step in rollout.spec.canary.steps:
-        if isinstance(step, SetWeightStep) or step.duration is None:
+        if isinstance(step, SetWeightStep | AnalysisStep) or step.duration is None:
             total += 2  # scale (or enter the pause), then move traffic (or be resumed)
         else:
             total += 1 + max(1, math.ceil(step.duration / resync))
