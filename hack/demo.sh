@@ -7,4 +7,5 @@ cd "$(dirname "$0")/.."
 
 hack/bootstrap.sh
 hack/build-control-plane.sh >/dev/null
+hack/install-prometheus.sh
 exec .venv/bin/python examples/demo.py "$@"

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 hack/bootstrap.sh
 hack/build-control-plane.sh >/dev/null
+hack/install-prometheus.sh
 
 echo "== ruff" && .venv/bin/ruff check .
 echo "== mypy" && .venv/bin/mypy
