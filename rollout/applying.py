@@ -7,29 +7,49 @@ go straight into the informer's store, so the next reconcile sees them even befo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from rollout.kube import REPLICASETS, SERVICES, ApiError, Body, Conflict, KubeClient, owner_reference
+from analysis.spec import NamedTemplate, build_run_spec, rollout_arg_values
+from rollout.kube import (
+    ANALYSISRUNS,
+    ANALYSISTEMPLATES,
+    CLUSTERANALYSISTEMPLATES,
+    REPLICASETS,
+    SERVICES,
+    ApiError,
+    Body,
+    Conflict,
+    KubeClient,
+    NotFound,
+    owner_reference,
+)
 from rollout.queueing import ObjectKey
 from rollout.routers import TrafficRouter
 from rollout.watching import Store
 from strategies.decision import (
     Action,
+    CreateAnalysisRun,
     CreateReplicaSet,
+    DeleteAnalysisRun,
     DeleteReplicaSet,
     MarkScaleDown,
     ScaleReplicaSet,
     SetRevision,
     SetServiceSelector,
     SetWeight,
+    TerminateAnalysisRun,
 )
 from strategies.model import (
     HASH_LABEL,
     REVISION_ANNOTATION,
     ROLLOUT_LABEL,
     SCALE_DOWN_ANNOTATION,
+    STEP_LABEL,
+    WALK_LABEL,
+    SpecError,
     format_time,
 )
 
@@ -39,11 +59,15 @@ def replica_set_name(rollout_name: str, hash_: str) -> str:
 
 
 class Applier:
-    def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter, replica_sets: Store) -> None:
+    def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter, replica_sets: Store,
+                 analysis_runs: Store, run_written: Callable[[Body], None] = lambda _body: None) -> None:
         self._client = client
         self._rollout = rollout
         self._router = router
         self._replica_sets = replica_sets
+        self._analysis_runs = analysis_runs
+        # Our own writes go into the store, so the informer will not report them: tell the run workers directly.
+        self._run_written = run_written
         self._namespace = str(rollout["metadata"]["namespace"])
         self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
             CreateReplicaSet: self._create,
@@ -53,6 +77,9 @@ class Applier:
             DeleteReplicaSet: self._delete,
             SetServiceSelector: self._set_selector,
             SetWeight: self._set_weight,
+            CreateAnalysisRun: self._create_run,
+            TerminateAnalysisRun: self._terminate_run,
+            DeleteAnalysisRun: self._delete_run,
         }
 
     async def apply(self, action: Action) -> None:
@@ -128,6 +155,66 @@ class Applier:
 
     async def _set_weight(self, action: SetWeight) -> None:
         await self._router.set_weight(action.weight)
+
+    async def _create_run(self, action: CreateAnalysisRun) -> None:
+        """Resolve the templates and args into the run's spec and create it. A missing template or an arg without
+        a value is the user's to fix: a permanent error, reported on the Rollout and retried with backoff."""
+        what = "background analysis" if action.step is None else f"step {action.step + 1} analysis"
+        templates = []
+        for ref in action.analysis.templates:
+            resource = CLUSTERANALYSISTEMPLATES if ref.cluster else ANALYSISTEMPLATES
+            source = f"{resource.kind} {ref.name}" if ref.cluster else f"{resource.kind} {self._namespace}/{ref.name}"
+            try:
+                found = await self._client.get(resource, name=ref.name,
+                                               namespace=None if ref.cluster else self._namespace)
+            except NotFound:
+                raise ApiError(status=404, reason="AnalysisTemplateNotFound",
+                               message=f"{source} not found (used by the {what})") from None
+            templates.append(NamedTemplate(source, found.get("spec") or {}))
+        try:
+            given = rollout_arg_values(action.analysis.args, self._rollout, stable_hash=action.stable_hash,
+                                       canary_hash=action.hash)
+            spec = build_run_spec(templates, given)
+        except SpecError as exc:
+            raise ApiError(status=422, reason="InvalidAnalysis", message=f"{what}: {exc}") from None
+        meta = self._rollout["metadata"]
+        body: Body = {
+            "apiVersion": ANALYSISRUNS.api_version,
+            "kind": ANALYSISRUNS.kind,
+            "metadata": {
+                "name": action.name,
+                "namespace": self._namespace,
+                "labels": {ROLLOUT_LABEL: meta["name"], HASH_LABEL: action.hash, WALK_LABEL: str(action.walk),
+                           STEP_LABEL: action.step_label},
+                "ownerReferences": [owner_reference(self._rollout)],
+            },
+            "spec": spec,
+        }
+        try:
+            created = await self._client.create(ANALYSISRUNS, body, namespace=self._namespace)
+        except Conflict:
+            created = await self._client.get(ANALYSISRUNS, name=action.name, namespace=self._namespace)
+            if not any(o.get("uid") == meta["uid"] for o in created["metadata"].get("ownerReferences") or []):
+                raise ApiError(status=409, reason="AlreadyExists", message=(
+                    f"AnalysisRun {self._namespace}/{action.name} exists and is not controlled by this Rollout; "
+                    "delete it so sluice can create its own")) from None
+        self._analysis_runs.put(created)
+        self._run_written(created)
+
+    async def _terminate_run(self, action: TerminateAnalysisRun) -> None:
+        try:
+            patched = await self._client.patch(ANALYSISRUNS, name=action.name, namespace=self._namespace,
+                                               patch={"spec": {"terminate": True}})
+        except NotFound:
+            return
+        self._analysis_runs.put(patched)
+        self._run_written(patched)
+
+    async def _delete_run(self, action: DeleteAnalysisRun) -> None:
+        with contextlib.suppress(NotFound):
+            await self._client.delete(ANALYSISRUNS, name=action.name, namespace=self._namespace)
+        if ObjectKey(self._namespace, action.name) in self._analysis_runs:
+            self._analysis_runs.delete({"metadata": {"namespace": self._namespace, "name": action.name}})
 
 
 def status_patch(current: Body | None, wanted: Body) -> Body:

@@ -16,7 +16,7 @@ from dataclasses import replace
 from rollout.controller import Controller
 from rollout.kube import ConfigError, KubeClient
 from rollout.reporting import configure_logging
-from rollout.settings import QueueSettings, Settings
+from rollout.settings import AnalysisSettings, QueueSettings, Settings
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     ctl.add_argument("--workers", type=int, default=QueueSettings.workers, help="parallel reconciles")
     ctl.add_argument("--resync-seconds", type=float, default=QueueSettings.resync_seconds,
                      help="look at every Rollout at least this often")
+    ctl.add_argument("--analysis-workers", type=int, default=AnalysisSettings.workers,
+                     help="AnalysisRuns measured in parallel")
     ctl.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ctl.add_argument("--log-format", default="text", choices=["text", "json"])
     return parser
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
 async def _run_controller(args: argparse.Namespace) -> int:
     settings = Settings(namespaces=tuple(args.namespace))
     settings = replace(settings, queue=replace(settings.queue, workers=args.workers,
-                                               resync_seconds=args.resync_seconds))
+                                               resync_seconds=args.resync_seconds),
+                       analysis=replace(settings.analysis, workers=args.analysis_workers))
     try:
         client = await KubeClient.connect(kubeconfig=args.kubeconfig, context=args.context, retry=settings.retry)
     except ConfigError as exc:

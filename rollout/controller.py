@@ -1,6 +1,7 @@
 """The controller process: informers, the work queue and its workers, started and stopped from one place.
 
-Every long-running piece is a named task in one TaskGroup: a watcher per resource (and namespace), the worker pool.
+Every long-running piece is a named task in one TaskGroup: a watcher per resource (and namespace), and two worker
+pools: one reconciles Rollouts, the other measures AnalysisRuns (so a slow metrics provider never delays a Rollout).
 Workers start only after the informers' first lists, so no Rollout is judged on a half-filled cache. Cancelling
 `Controller.run` (SIGTERM, Ctrl-C) stops them all; work in flight is simply redone by the next controller, because
 every reconcile is level-triggered and idempotent.
@@ -11,11 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from rollout.kube import REPLICASETS, ROLLOUTS, Body, KubeClient
+from rollout.analyzing import AnalysisRunner
+from rollout.kube import ANALYSISRUNS, REPLICASETS, ROLLOUTS, Body, KubeClient
 from rollout.queueing import ObjectKey, RetryLater, WorkQueue, run_workers
 from rollout.reconciler import Backoff, Reconciler
 from rollout.reporting import Reporter
-from rollout.settings import Settings
+from rollout.settings import QueueSettings, Settings
 from rollout.watching import Informer, Store, controller_index
 from strategies.model import ROLLOUT_LABEL
 
@@ -28,16 +30,25 @@ class Controller:
         self.queue = WorkQueue(settings.queue)
         self.rollouts = Store()
         self.replica_sets = Store(index=controller_index("Rollout"))
+        self.analysis_runs = Store(index=controller_index("Rollout"))
+        self.analysis_queue = WorkQueue(QueueSettings(error_backoff=settings.analysis.error_backoff))
+        self._run_phases: dict[ObjectKey, str | None] = {}
         self._client = client
         self._informers = (
             Informer(client, ROLLOUTS, namespaces=settings.namespaces, settings=settings.watch, store=self.rollouts,
                      on_change=self._rollout_changed),
             Informer(client, REPLICASETS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
                      settings=settings.watch, store=self.replica_sets, on_change=self._replica_set_changed),
+            Informer(client, ANALYSISRUNS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
+                     settings=settings.watch, store=self.analysis_runs, on_change=self._analysis_run_changed),
         )
         self._reconciler = Reconciler(client, rollouts=self.rollouts, replica_sets=self.replica_sets,
+                                      analysis_runs=self.analysis_runs,
                                       reporter=Reporter(client, component=settings.controller_name),
-                                      resync=settings.queue.resync_seconds)
+                                      resync=settings.queue.resync_seconds,
+                                      run_written=lambda body: self.analysis_queue.add(ObjectKey.of(body)))
+        self._runner = AnalysisRunner(client, runs=self.analysis_runs, settings=settings.analysis,
+                                      phase_changed=self._wake_owner)
 
     def _rollout_changed(self, event_type: str, body: Body) -> None:
         key = ObjectKey.of(body)
@@ -47,9 +58,27 @@ class Controller:
         self.queue.add(key)
 
     def _replica_set_changed(self, event_type: str, body: Body) -> None:
+        self._wake_owner(body)
+
+    def _wake_owner(self, body: Body) -> None:
+        """Wake the Rollout that controls this object (a ReplicaSet or an AnalysisRun)."""
         for ref in body.get("metadata", {}).get("ownerReferences") or []:
             if ref.get("controller") and ref.get("kind") == "Rollout":
                 self.queue.add(ObjectKey(str(body["metadata"].get("namespace", "")), str(ref["name"])))
+
+    def _analysis_run_changed(self, event_type: str, body: Body) -> None:
+        key = ObjectKey.of(body)
+        phase = (body.get("status") or {}).get("phase")
+        if event_type == "DELETED":
+            self.analysis_queue.forget(key)
+            self._run_phases.pop(key, None)
+        else:
+            self.analysis_queue.add(key)
+        # The owning Rollout decides on a run's phase: wake it when the phase moves (not on every measurement).
+        if event_type != "MODIFIED" or self._run_phases.get(key) != phase:
+            if event_type != "DELETED":
+                self._run_phases[key] = phase
+            self._wake_owner(body)
 
     async def _handle(self, key: ObjectKey) -> float | None:
         outcome = await self._reconciler.reconcile(key)
@@ -65,8 +94,14 @@ class Controller:
                 for informer in self._informers:
                     group.create_task(informer.run(), name=f"informer:{informer.resource.plural}")
                 await asyncio.gather(*(i.synced.wait() for i in self._informers))
-                log.info("caches synced: %d rollouts, %d replicasets", len(self.rollouts), len(self.replica_sets))
+                log.info("caches synced: %d rollouts, %d replicasets, %d analysis runs", len(self.rollouts),
+                         len(self.replica_sets), len(self.analysis_runs))
                 group.create_task(run_workers(self.queue, self._handle, workers=self.settings.queue.workers),
                                   name="workers")
+                group.create_task(run_workers(self.analysis_queue, self._runner.reconcile,
+                                              workers=self.settings.analysis.workers, name="analysis"),
+                                  name="analysis-workers")
         finally:
             self.queue.shutdown()
+            self.analysis_queue.shutdown()
+            await self._runner.close()

@@ -78,6 +78,11 @@ EVENTS = Resource("", "v1", "events", "Event")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 VIRTUALSERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 DESTINATIONRULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
+ANALYSISRUNS = Resource("sluice.dev", "v1alpha1", "analysisruns", "AnalysisRun")
+ANALYSISTEMPLATES = Resource("sluice.dev", "v1alpha1", "analysistemplates", "AnalysisTemplate")
+CLUSTERANALYSISTEMPLATES = Resource("sluice.dev", "v1alpha1", "clusteranalysistemplates", "ClusterAnalysisTemplate",
+                                    namespaced=False)
+SECRETS = Resource("", "v1", "secrets", "Secret")
 
 
 class ApiError(Exception):

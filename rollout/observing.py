@@ -9,7 +9,7 @@ come out as `ApiError` for the reconciler to report.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from rollout.kube import SERVICES, Body, KubeClient, NotFound
@@ -17,9 +17,13 @@ from rollout.queueing import ObjectKey
 from rollout.routers import RouterError, TrafficRouter
 from rollout.watching import Store
 from strategies.model import (
+    BACKGROUND,
     HASH_LABEL,
     REVISION_ANNOTATION,
     SCALE_DOWN_ANNOTATION,
+    STEP_LABEL,
+    WALK_LABEL,
+    AnalysisRunState,
     Observed,
     ReplicaSetState,
     Rollout,
@@ -29,7 +33,7 @@ from strategies.model import (
 
 
 async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: TrafficRouter,
-                  replica_sets: Store, now: datetime, resync: float) -> Observed:
+                  replica_sets: Store, analysis_runs: Store, now: datetime, resync: float) -> Observed:
     canary = rollout.spec.canary
     results = await asyncio.gather(
         _service(client, rollout, canary.stable_service), _service(client, rollout, canary.canary_service),
@@ -49,6 +53,7 @@ async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: T
         canary_service_hash=_selected_hash(canary_svc),
         canary_weight=await router.current_weight(),
         resync=resync,
+        analysis_runs=owned_analysis_runs(analysis_runs, body),
     )
 
 
@@ -95,6 +100,27 @@ def owned_replica_sets(store: Store, rollout: Body) -> tuple[ReplicaSetState, ..
             scale_down_at=parse_time(annotations.get(SCALE_DOWN_ANNOTATION)),
         ))
     return tuple(sorted(owned, key=lambda rs: rs.revision))
+
+
+def owned_analysis_runs(store: Store, rollout: Body) -> tuple[AnalysisRunState, ...]:
+    """The AnalysisRuns this Rollout (this uid) controls."""
+    meta = rollout["metadata"]
+    runs: list[AnalysisRunState] = []
+    for run in store.by_index(ObjectKey(meta["namespace"], meta["name"])):
+        run_meta = run["metadata"]
+        if run_meta.get("deletionTimestamp") or not any(
+                o.get("uid") == meta.get("uid") and o.get("controller") for o in run_meta.get("ownerReferences") or []):
+            continue
+        labels = run_meta.get("labels") or {}
+        step = labels.get(STEP_LABEL, BACKGROUND)
+        status = run.get("status") or {}
+        runs.append(AnalysisRunState(
+            name=run_meta["name"], hash=str(labels.get(HASH_LABEL, "")), walk=_int(labels.get(WALK_LABEL)),
+            step=None if step == BACKGROUND else _int(step), phase=str(status.get("phase") or "Pending"),
+            message=str(status.get("message", "")), terminating=bool((run.get("spec") or {}).get("terminate")),
+            created=parse_time(run_meta.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
+        ))
+    return tuple(sorted(runs, key=lambda r: (r.walk, r.created, r.name)))
 
 
 def _int(value: Any) -> int:

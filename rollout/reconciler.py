@@ -16,6 +16,7 @@ None of it escapes in a way that disturbs other Rollouts: the work queue isolate
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -52,11 +53,13 @@ class StatusConflict(Exception):
 
 
 class Reconciler:
-    def __init__(self, client: KubeClient, *, rollouts: Store, replica_sets: Store, reporter: Reporter,
-                 resync: float) -> None:
+    def __init__(self, client: KubeClient, *, rollouts: Store, replica_sets: Store, analysis_runs: Store,
+                 reporter: Reporter, resync: float, run_written: Callable[[Body], None] = lambda _body: None) -> None:
         self._client = client
         self._rollouts = rollouts
         self._replica_sets = replica_sets
+        self._analysis_runs = analysis_runs
+        self._run_written = run_written
         self._reporter = reporter
         self._resync = resync
 
@@ -83,7 +86,8 @@ class Reconciler:
                                 "from it)")
             router = self._router(rollout)
             observed = await observe(self._client, rollout=rollout, body=body, router=router,
-                                     replica_sets=self._replica_sets, now=now, resync=self._resync)
+                                     replica_sets=self._replica_sets, analysis_runs=self._analysis_runs, now=now,
+                                     resync=self._resync)
         except (SpecError, RouterError) as exc:
             decision = invalid(parse_status(body.get("status")), generation=body["metadata"].get("generation", 0),
                                message=str(exc), now=now)
@@ -95,7 +99,8 @@ class Reconciler:
             "step": decision.status.get("stepDisplay", ""), "weight": decision.status.get("canaryWeight", 0),
             "decision": decision.summary,
         }
-        applier = Applier(self._client, rollout=body, router=router, replica_sets=self._replica_sets)
+        applier = Applier(self._client, rollout=body, router=router, replica_sets=self._replica_sets,
+                          analysis_runs=self._analysis_runs, run_written=self._run_written)
         for action in decision.actions:
             await applier.apply(action)
             reason, message = action.describe()

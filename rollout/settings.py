@@ -37,10 +37,21 @@ class WatchSettings:
 
 
 @dataclass(frozen=True)
+class AnalysisSettings:
+    """How AnalysisRuns are measured: their own worker pool, so slow providers never hold up Rollout reconciles."""
+
+    workers: int = 64
+    provider_threads: int = 32  # prometheus-api-client is synchronous: its queries run on this many threads
+    measurement_retention: int = 10  # measurements kept per metric in a run's status (all are counted)
+    error_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     retry: RetrySettings = field(default_factory=RetrySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
+    analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     field_manager: str = "sluice"
     controller_name: str = "sluice-controller"

@@ -19,6 +19,12 @@ ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "Rol
 SLUICE_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["sluice.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "watch"]},
     {"apiGroups": ["sluice.dev"], "resources": ["rollouts/status"], "verbs": ["patch"]},
+    {"apiGroups": ["sluice.dev"], "resources": ["analysisruns"],
+     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+    {"apiGroups": ["sluice.dev"], "resources": ["analysisruns/status"], "verbs": ["patch"]},
+    {"apiGroups": ["sluice.dev"], "resources": ["analysistemplates", "clusteranalysistemplates"], "verbs": ["get"]},
+    # Header values for metric providers; read one by one when measuring, never listed or watched.
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"],
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch"]},
@@ -61,8 +67,7 @@ async def test_least_privilege_is_enough_to_walk_a_rollout(kube: KubeClient, nam
 
 async def test_forbidden_write_is_reported_as_an_event_and_retried(kube: KubeClient, namespace: str,
                                                                    restricted: ControllerProcess) -> None:
-    rules = [dict(r) for r in SLUICE_RULES]
-    rules[4] = {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices"], "verbs": ["get"]}
+    rules = [r if r["resources"] != ["virtualservices"] else {**r, "verbs": ["get"]} for r in SLUICE_RULES]
     await _grant(kube, namespace, f"sluice-{namespace}", rules)
     restricted.start()
     await create_app(kube, namespace)
