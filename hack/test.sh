@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: virtualenv, control-plane binaries (built once into
-# ~/.cache/sluice, or taken from $SLUICE_K8S_BIN_DIR), lint, types, layer contracts, then unit and integration tests.
+# ~/.cache/sluice, or taken from $SLUICE_K8S_BIN_DIR), Prometheus (Debian package, or $SLUICE_PROMETHEUS_BIN), lint,
+# types, layer contracts, then unit and integration tests.
 # Extra arguments go to pytest (e.g. `hack/test.sh -k abort`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
