@@ -1,6 +1,7 @@
 """The controller running as a user with only the permissions sluice needs (what the chart's ClusterRole will
-grant): it walks a rollout; take away its right to patch VirtualServices and it reports the failure as a Warning Event
-on the Rollout, backs off, keeps traffic where it was, and stays alive."""
+grant): it walks a rollout, also through an analysis step whose Prometheus header comes from a Secret; take away its
+right to patch VirtualServices and it reports the failure as a Warning Event on the Rollout, backs off, keeps traffic
+where it was, and stays alive."""
 
 from __future__ import annotations
 
@@ -10,8 +11,17 @@ from typing import Any
 
 import pytest
 
-from rollout.kube import EVENTS, KubeClient, Resource
-from tests.integration.kit import ControllerProcess, create_app, paused_at, set_image, wait_for, wait_status, weights
+from rollout.kube import ANALYSISRUNS, ANALYSISTEMPLATES, EVENTS, SECRETS, KubeClient, Resource
+from tests.integration.kit import (
+    ControllerProcess,
+    create_app,
+    paused_at,
+    rollout_body,
+    set_image,
+    wait_for,
+    wait_status,
+    weights,
+)
 
 CLUSTER_ROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
@@ -63,6 +73,32 @@ async def test_least_privilege_is_enough_to_walk_a_rollout(kube: KubeClient, nam
     await wait_status(kube, namespace, paused_at(1), what="first step")
     assert await weights(kube, namespace) == (90, 10)
     await kube.delete(CLUSTER_ROLES, name=f"{namespace}-sluice")
+
+
+async def test_least_privilege_is_enough_for_analysis_with_secret_headers(
+        kube: KubeClient, namespace: str, restricted: ControllerProcess, prometheus: Any) -> None:
+    ns = namespace
+    await _grant(kube, ns, f"sluice-{ns}", SLUICE_RULES)
+    restricted.start()
+    await kube.create(SECRETS, {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "prom-auth"},
+                                "stringData": {"header": "Bearer not-checked-by-this-prometheus"}}, namespace=ns)
+    await kube.create(ANALYSISTEMPLATES, {
+        "apiVersion": "sluice.dev/v1alpha1", "kind": "AnalysisTemplate", "metadata": {"name": "always"},
+        "spec": {"metrics": [{"name": "one", "successCondition": "result[0] == 1", "provider": {"prometheus": {
+            "address": prometheus.url, "query": "vector(1)",
+            "headers": [{"name": "Authorization",
+                         "valueFrom": {"secretKeyRef": {"name": "prom-auth", "key": "header"}}}]}}}]},
+    }, namespace=ns)
+    body = rollout_body(steps=[{"setWeight": 20}, {"analysis": {"templates": [{"templateName": "always"}]}},
+                               {"setWeight": 60}])
+    await create_app(kube, ns, body)
+    v1 = (await wait_status(kube, ns, lambda s: s.get("phase") == "Healthy", what="Healthy"))["stableHash"]
+    await set_image(kube, ns, "registry.example/web:2")
+    await wait_status(kube, ns, lambda s: s.get("phase") == "Healthy" and s.get("stableHash") != v1,
+                      what="promoted through the analysis step")
+    runs, _ = await kube.list(ANALYSISRUNS, namespace=ns)
+    assert [r["status"]["phase"] for r in runs] == ["Successful"]
+    await kube.delete(CLUSTER_ROLES, name=f"{ns}-sluice")
 
 
 async def test_forbidden_write_is_reported_as_an_event_and_retried(kube: KubeClient, namespace: str,
