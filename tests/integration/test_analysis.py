@@ -124,8 +124,8 @@ async def test_rising_error_rate_aborts_through_step_analysis_within_an_interval
     async def back_on_stable() -> bool:
         return await weights(kube, ns) == (100, 0)
 
-    # Interval (1 s) plus one scrape (1 s), plus the rate window catching up and the API round trips.
-    await wait_for(back_on_stable, what="all traffic back on stable", timeout=6)
+    # Interval (1 s) plus one scrape (1 s), plus 2 s for a shared, noisy machine (measured here: about 1.5 s).
+    await wait_for(back_on_stable, what="all traffic back on stable", timeout=4)
     elapsed = time.monotonic() - started
     st = await wait_status(kube, ns, _aborted, what="aborted")
     assert "error-rate" in st["message"] and "failureCondition" in st["message"], st["message"]
@@ -158,7 +158,7 @@ async def test_background_analysis_aborts_while_steps_are_paused(
     async def back_on_stable() -> bool:
         return await weights(kube, ns) == (100, 0)
 
-    await wait_for(back_on_stable, what="all traffic back on stable", timeout=6)
+    await wait_for(back_on_stable, what="all traffic back on stable", timeout=4)
     st = await wait_status(kube, ns, _aborted, what="aborted by background analysis")
     assert run["metadata"]["name"] in st["message"]
 
