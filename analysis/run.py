@@ -34,7 +34,7 @@ from typing import Any
 from analysis.cel import Condition, ConditionError, EvaluationError, compile_condition
 from analysis.providers import Failure, NoData, Outcome, Value
 from analysis.spec import NO_DATA_POLICIES, MetricSpec
-from strategies.model import TERMINAL_RUN_PHASES, format_time, parse_time
+from strategies.model import TERMINAL_RUN_PHASES, parse_time
 
 PENDING, RUNNING = "Pending", "Running"
 SUCCESSFUL, FAILED, INCONCLUSIVE, ERROR = "Successful", "Failed", "Inconclusive", "Error"
@@ -89,7 +89,7 @@ class RunState:
     def to_status(self) -> dict[str, Any]:
         status: dict[str, Any] = {"phase": self.phase, "message": self.message}
         if self.started_at is not None:
-            status["startedAt"] = format_time(self.started_at)
+            status["startedAt"] = _format_time(self.started_at)
         status["metricResults"] = [_result_to_status(r) for r in self.metrics]
         return status
 
@@ -109,8 +109,8 @@ def _result_to_status(r: MetricResult) -> dict[str, Any]:
         "failed": r.failed, "inconclusive": r.inconclusive, "error": r.error,
         "consecutiveError": r.consecutive_error,
         "measurements": [
-            {"phase": m.phase, "value": m.value, "startedAt": format_time(m.started_at),
-             "finishedAt": format_time(m.finished_at), "message": m.message}
+            {"phase": m.phase, "value": m.value, "startedAt": _format_time(m.started_at),
+             "finishedAt": _format_time(m.finished_at), "message": m.message}
             for m in r.measurements
         ],
     }
@@ -155,9 +155,17 @@ def parse_run_status(raw: Mapping[str, Any] | None) -> RunState:
 # -- starting --------------------------------------------------------------------------------------------------------
 
 
-def _whole_second(moment: datetime) -> datetime:
-    """The status keeps seconds (format_time); the state does too, so a re-read state equals the written one."""
-    return moment.replace(microsecond=0)
+def _to_millisecond(moment: datetime) -> datetime:
+    """The status keeps milliseconds (_format_time); the state does too, so a re-read state equals the written one.
+
+    Not whole seconds: measurements are scheduled from the previous one's start, and whole seconds would pull every
+    run measured within the same second onto the same instant forever (bench/analysis_lag.py showed 100 runs due
+    at once, and the lag that follows)."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+
+
+def _format_time(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def preflight(metrics: Sequence[MetricSpec]) -> str | None:
@@ -200,7 +208,7 @@ def _metric_problem(metric: MetricSpec) -> str | None:
 
 def start(metrics: Sequence[MetricSpec], *, now: datetime) -> RunState:
     """A fresh run: Pending, started now, one Pending result per metric."""
-    return RunState(started_at=_whole_second(now), metrics=tuple(MetricResult(m.name) for m in metrics))
+    return RunState(started_at=_to_millisecond(now), metrics=tuple(MetricResult(m.name) for m in metrics))
 
 
 def errored(state: RunState | None, message: str, now: datetime) -> RunState:
@@ -208,7 +216,7 @@ def errored(state: RunState | None, message: str, now: datetime) -> RunState:
     state = state or RunState()
     if state.phase in TERMINAL:
         return state
-    return replace(state, phase=ERROR, message=message, started_at=state.started_at or _whole_second(now))
+    return replace(state, phase=ERROR, message=message, started_at=state.started_at or _to_millisecond(now))
 
 
 # -- judging one measurement --------------------------------------------------------------------------------------
@@ -248,7 +256,7 @@ def _compiled(source: str | None, field: str) -> Condition | None:
 
 def classify(metric: MetricSpec, outcome: Outcome, *, started_at: datetime, finished_at: datetime) -> Measurement:
     """Turn a provider's outcome into a judged measurement (see the module docstring for the rules)."""
-    started, finished = _whole_second(started_at), _whole_second(finished_at)
+    started, finished = _to_millisecond(started_at), _to_millisecond(finished_at)
     match outcome:
         case Failure(message):
             return Measurement(ERROR, "", started, finished, message)
@@ -331,7 +339,7 @@ def assess(metrics: Sequence[MetricSpec], state: RunState, *, now: datetime, ter
     if state.phase in TERMINAL:
         return state
     results = tuple(_assess_metric(m, state.result(m.name), terminate=terminate) for m in metrics)
-    started_at = state.started_at or _whole_second(now)
+    started_at = state.started_at or _to_millisecond(now)
     for phase in (FAILED, ERROR, INCONCLUSIVE):
         decider = next((r for r in results if r.phase == phase), None)
         if decider is not None:

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from analysis.providers import Failure, Outcome, Provider, make_provider
+from analysis.providers import Failure, Outcome, Provider, ProviderOptions, make_provider
 from analysis.run import (
     Measurement,
     RunState,
@@ -61,7 +61,7 @@ class AnalysisRunner:
 
     def _provider(self, kind: str) -> Provider:
         if kind not in self._providers:
-            self._providers[kind] = make_provider(kind)
+            self._providers[kind] = make_provider(kind, ProviderOptions(threads=self._settings.provider_threads))
         return self._providers[kind]
 
     async def close(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from rollout.analyzing import AnalysisRunner
 from rollout.kube import ANALYSISRUNS, REPLICASETS, ROLLOUTS, Body, KubeClient
@@ -32,7 +33,7 @@ class Controller:
         self.replica_sets = Store(index=controller_index("Rollout"))
         self.analysis_runs = Store(index=controller_index("Rollout"))
         self.analysis_queue = WorkQueue(QueueSettings(error_backoff=settings.analysis.error_backoff))
-        self._run_phases: dict[ObjectKey, str | None] = {}
+        self._runs_seen: dict[ObjectKey, tuple[Any, Any]] = {}  # generation and phase, as last reported
         self._client = client
         self._informers = (
             Informer(client, ROLLOUTS, namespaces=settings.namespaces, settings=settings.watch, store=self.rollouts,
@@ -68,16 +69,20 @@ class Controller:
 
     def _analysis_run_changed(self, event_type: str, body: Body) -> None:
         key = ObjectKey.of(body)
-        phase = (body.get("status") or {}).get("phase")
         if event_type == "DELETED":
             self.analysis_queue.forget(key)
-            self._run_phases.pop(key, None)
-        else:
+            self._runs_seen.pop(key, None)
+            self._wake_owner(body)
+            return
+        seen = (body["metadata"].get("generation"), (body.get("status") or {}).get("phase"))
+        before = self._runs_seen.get(key)
+        self._runs_seen[key] = seen
+        # Measure a new run, or one whose spec changed (terminate); a status change is a measurement written by the
+        # runner, which has already scheduled the next one.
+        if before is None or before[0] != seen[0]:
             self.analysis_queue.add(key)
-        # The owning Rollout decides on a run's phase: wake it when the phase moves (not on every measurement).
-        if event_type != "MODIFIED" or self._run_phases.get(key) != phase:
-            if event_type != "DELETED":
-                self._run_phases[key] = phase
+        # The owning Rollout decides on a run's phase: wake it when the phase moves, not on every measurement.
+        if before is None or before[1] != seen[1]:
             self._wake_owner(body)
 
     async def _handle(self, key: ObjectKey) -> float | None:

@@ -61,8 +61,13 @@ class Provider(Protocol):
 
 
 @dataclass(frozen=True)
+class ProviderOptions:
+    threads: int = 32  # threads for providers whose client library blocks (prometheus-api-client)
+
+
+@dataclass(frozen=True)
 class ProviderKind:
-    make: Callable[[], Provider]
+    make: Callable[[ProviderOptions], Provider]
     validate: Callable[[Mapping[str, Any]], list[str]]
 
 
@@ -71,8 +76,9 @@ def _registry() -> dict[str, ProviderKind]:
     from analysis.providers import prometheus, web
 
     return {
-        "prometheus": ProviderKind(make=prometheus.PrometheusProvider, validate=prometheus.validate_config),
-        "web": ProviderKind(make=web.WebProvider, validate=web.validate_config),
+        "prometheus": ProviderKind(make=lambda options: prometheus.PrometheusProvider(max_workers=options.threads),
+                                   validate=prometheus.validate_config),
+        "web": ProviderKind(make=lambda _options: web.WebProvider(), validate=web.validate_config),
     }
 
 
@@ -80,11 +86,11 @@ def provider_names() -> tuple[str, ...]:
     return tuple(sorted(_registry()))
 
 
-def make_provider(kind: str) -> Provider:
+def make_provider(kind: str, options: ProviderOptions | None = None) -> Provider:
     registry = _registry()
     if kind not in registry:
         raise ValueError(f"unknown metric provider {kind!r} (known: {', '.join(sorted(registry))})")
-    return registry[kind].make()
+    return registry[kind].make(options or ProviderOptions())
 
 
 def validate_config(kind: str, config: Mapping[str, Any]) -> list[str]:

@@ -157,9 +157,19 @@ def test_long_values_are_shortened_in_messages() -> None:
     assert m.message == f'value {"x" * 61}... failed successCondition "size(result) == 0"'
 
 
-def test_measurement_times_are_kept_in_whole_seconds_like_the_status() -> None:
-    m = classify(metric(), GOOD, started_at=at(0.4), finished_at=at(2.7))
-    assert (m.started_at, m.finished_at) == (at(0), at(2))
+def test_measurement_times_are_kept_in_milliseconds_like_the_status() -> None:
+    m = classify(metric(), GOOD, started_at=at(0.4004), finished_at=at(2.7))
+    assert (m.started_at, m.finished_at) == (at(0.4), at(2.7))
+
+
+def test_runs_started_within_one_second_keep_their_own_schedule() -> None:
+    m = metric(interval=5.0)
+    first, second = start([m], now=at(0.1)), start([m], now=at(0.9))
+    assert schedule([m], first, now=at(0.1)).due == schedule([m], second, now=at(0.9)).due == ("error-rate",)
+    first = record(m, first, classify(m, GOOD, started_at=at(0.1), finished_at=at(0.2)))
+    second = record(m, second, classify(m, GOOD, started_at=at(0.9), finished_at=at(1.0)))
+    assert schedule([m], first, now=at(1.0)).wake_after == pytest.approx(4.1)
+    assert schedule([m], second, now=at(1.0)).wake_after == pytest.approx(4.9)
 
 
 # -- record --------------------------------------------------------------------------------------------------------
@@ -388,7 +398,7 @@ def test_preflight_accepts_runnable_metrics() -> None:
 
 def test_errored_ends_a_run_before_any_measurement() -> None:
     state = errored(None, "metric a: boom", at(3.5))
-    assert state == RunState(phase="Error", message="metric a: boom", started_at=at(3))
+    assert state == RunState(phase="Error", message="metric a: boom", started_at=at(3.5))
     assert schedule([metric("a")], state, now=at(4)).due == ()
 
 
@@ -453,15 +463,15 @@ def test_status_uses_the_crd_field_names() -> None:
     m = metric(interval=30.0)
     state = feed_one(m, GOOD, DOWN)
     assert state.to_status() == {
-        "phase": "Running", "message": "", "startedAt": "2025-03-01T12:00:00Z",
+        "phase": "Running", "message": "", "startedAt": "2025-03-01T12:00:00.000Z",
         "metricResults": [{
             "name": "error-rate", "phase": "Running", "message": "", "count": 1, "successful": 1, "failed": 0,
             "inconclusive": 0, "error": 1, "consecutiveError": 1,
             "measurements": [
-                {"phase": "Successful", "value": "[0.01]", "startedAt": "2025-03-01T12:00:00Z",
-                 "finishedAt": "2025-03-01T12:00:01Z", "message": ""},
-                {"phase": "Error", "value": "", "startedAt": "2025-03-01T12:00:30Z",
-                 "finishedAt": "2025-03-01T12:00:31Z", "message": DOWN.message},
+                {"phase": "Successful", "value": "[0.01]", "startedAt": "2025-03-01T12:00:00.000Z",
+                 "finishedAt": "2025-03-01T12:00:01.000Z", "message": ""},
+                {"phase": "Error", "value": "", "startedAt": "2025-03-01T12:00:30.000Z",
+                 "finishedAt": "2025-03-01T12:00:31.000Z", "message": DOWN.message},
             ],
         }],
     }
