@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from analysis.cel import Condition, ConditionError, EvaluationError, compile_condition
-from analysis.providers import Failure, NoData, Outcome, Value
+from analysis.providers import Failure, NoData, Outcome, Value, validate_config
 from analysis.spec import NO_DATA_POLICIES, MetricSpec
 from strategies.model import TERMINAL_RUN_PHASES, parse_time
 
@@ -184,6 +184,9 @@ def preflight(metrics: Sequence[MetricSpec]) -> str | None:
 
 
 def _metric_problem(metric: MetricSpec) -> str | None:
+    problems = validate_config(metric.provider, metric.provider_config)
+    if problems:
+        return "; ".join(problems)
     for field, source in (("successCondition", metric.success_condition),
                           ("failureCondition", metric.failure_condition)):
         if source is not None:

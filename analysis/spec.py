@@ -99,6 +99,8 @@ def parse_metric(raw: Mapping[str, Any], *, where: str) -> MetricSpec:
     block = dict(provider_raw[kinds[0]])
     provider_where = f"{where}.provider.{kinds[0]}"
     timeout = _duration(block, "timeout", provider_where)
+    if timeout is not None and timeout <= 0:
+        raise SpecError(f"{provider_where}.timeout: must be more than zero")
     headers = _headers(block.pop("headers", None), provider_where)
     block.pop("timeout", None)
     if not raw.get("successCondition") and not raw.get("failureCondition"):
@@ -119,7 +121,7 @@ def parse_metric(raw: Mapping[str, Any], *, where: str) -> MetricSpec:
         failure_limit=_limit(raw, "failureLimit", 0, where),
         inconclusive_limit=_limit(raw, "inconclusiveLimit", 0, where),
         consecutive_error_limit=_limit(raw, "consecutiveErrorLimit", 4, where),
-        no_data_policy=policy, timeout=timeout if timeout else 10.0, headers=headers,
+        no_data_policy=policy, timeout=10.0 if timeout is None else timeout, headers=headers,
     )
 
 

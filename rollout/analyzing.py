@@ -112,8 +112,15 @@ class AnalysisRunner:
         except _HeaderError as exc:
             outcome = Failure(str(exc))
         else:
-            outcome = await self._provider(metric.provider).measure(metric.provider_config, headers=headers,
-                                                                    timeout=metric.timeout)
+            try:
+                outcome = await self._provider(metric.provider).measure(metric.provider_config, headers=headers,
+                                                                        timeout=metric.timeout)
+            except Exception as exc:
+                # A provider bug must not stall the run (retried for ever, never reaching consecutiveErrorLimit):
+                # it is an Error measurement. Only the exception's type is shown: its text may quote a header value.
+                log.error("the %s provider failed unexpectedly measuring %s: %s", metric.provider, metric.name,
+                          type(exc).__name__)
+                outcome = Failure(f"internal error in the {metric.provider} provider ({type(exc).__name__})")
         return classify(metric, outcome, started_at=started, finished_at=datetime.now(UTC))
 
     async def _headers(self, namespace: str, metric: MetricSpec) -> dict[str, str]:

@@ -41,7 +41,9 @@ class AnalysisSettings:
     """How AnalysisRuns are measured: their own worker pool, so slow providers never hold up Rollout reconciles."""
 
     workers: int = 64
-    provider_threads: int = 32  # prometheus-api-client is synchronous: its queries run on this many threads
+    # prometheus-api-client is synchronous: its queries run on this many threads (as many as workers, so a
+    # measurement's timeout is not spent waiting for a thread).
+    provider_threads: int = 64
     measurement_retention: int = 10  # measurements kept per metric in a run's status (all are counted)
     error_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
 

@@ -101,6 +101,7 @@ class _Draft:
     wake: list[float] = field(default_factory=list)
     keep_runs: set[str] = field(default_factory=set)  # AnalysisRuns this decision wants running
     created_runs: list[CreateAnalysisRun] = field(default_factory=list)
+    step_run: AnalysisRunState | None = None  # the current step's run, once it exists
 
     def act(self, action: Action) -> None:
         # The reconciler reports an action (Event + log line) as soon as it is applied, so `events` holds only
@@ -150,10 +151,14 @@ def _context(rollout: Rollout, obs: Observed) -> _Ctx:
     # A retry (status.abort set back to false while abortedAt is still there) starts the walk again: time spent
     # aborted is not lack of progress.
     retry = not st.abort and st.aborted_at is not None
-    # A new walk (new revision, edited steps, retry) gets fresh AnalysisRuns: their names carry the walk number. A
-    # status that lost its count (restored from a backup) continues after the highest walk its runs carry.
-    base = st.walk if st.walk or st.canary_hash else max((r.walk for r in obs.analysis_runs), default=0)
-    walk = base + 1 if reset or retry else base
+    # A new walk (new revision, edited steps, retry) gets fresh AnalysisRuns: their names carry the walk number,
+    # above every walk a run of this Rollout carries (a status restored from a backup, or a CRD without the field,
+    # must not reuse an old run). A live run of this revision at the top walk was created by this very start in a
+    # decision whose status write was lost (a 409, a crash): that walk is kept, so the run is not created twice.
+    top = max([st.walk, *(r.walk for r in obs.analysis_runs)])
+    started_here = any(r.walk == top > st.walk and r.hash == desired and not r.terminal and not r.terminating
+                       for r in obs.analysis_runs)
+    walk = (top if started_here else top + 1) if reset or retry else st.walk
     # Time spent paused by a user does not count against the progress deadline: the clock restarts on unpause.
     paused_before = st.condition("Paused")
     unpaused = (not spec.paused and paused_before is not None and paused_before.status == "True"
@@ -325,16 +330,47 @@ def _plan_canary(ctx: _Ctx, draft: _Draft) -> None:
 # -- analysis ----------------------------------------------------------------------------------------------------
 
 
-def run_name(rollout: str, hash_: str, walk: int, step: int | None) -> str:
-    return f"{rollout}-{hash_}-{walk}-{'bg' if step is None else step}"
+def run_name(rollout: str, hash_: str, walk: int, step: int | None, attempt: int = 1) -> str:
+    base = f"{rollout}-{hash_}-{walk}-{'bg' if step is None else step}"
+    return base if attempt == 1 else f"{base}.{attempt}"
 
 
-def _ensure_run(ctx: _Ctx, draft: _Draft, *, step: int | None, ref: AnalysisRef) -> list[AnalysisRunState]:
-    name = run_name(ctx.rollout.name, ctx.desired, ctx.walk, step)
-    draft.keep_runs.add(name)
-    run = ctx.obs.runs.get(name)
+def _attempts(ctx: _Ctx, step: int | None) -> list[AnalysisRunState]:
+    """This walk's runs for `step` (None: background), oldest attempt first."""
+    base = run_name(ctx.rollout.name, ctx.desired, ctx.walk, step)
+
+    def attempt(run: AnalysisRunState) -> int:
+        suffix = run.name[len(base) + 1:]
+        return int(suffix) if suffix.isdigit() else 1
+
+    runs = [r for r in ctx.obs.analysis_runs if r.name == base or r.name.startswith(base + ".")]
+    return sorted(runs, key=attempt)
+
+
+def _current_run(ctx: _Ctx, step: int | None) -> tuple[AnalysisRunState | None, int]:
+    """The run that speaks for `step` now, and the attempt number a new one would take.
+
+    A run sluice terminated (its step was left, the rollout paused or superseded half way) never counts as a
+    verdict, whatever phase it ended in; nor does a background run whose Inconclusive result a human accepted (the
+    background analysis goes on with a fresh run). Either way the next attempt is a new run."""
+    attempts = _attempts(ctx, step)
+    if not attempts:
+        return None, 1
+    latest = attempts[-1]
+    spent = latest.terminating or (step is None and latest.phase == "Inconclusive" and latest.name in ctx.accepted)
+    return (None if spent else latest), len(attempts) + 1
+
+
+def _ensure_run(ctx: _Ctx, draft: _Draft, *, step: int | None, ref: AnalysisRef,
+                create: bool = True) -> list[AnalysisRunState]:
+    run, attempt = _current_run(ctx, step)
     if run is not None:
+        draft.keep_runs.add(run.name)
         return [run]
+    if not create:
+        return []
+    name = run_name(ctx.rollout.name, ctx.desired, ctx.walk, step, attempt)
+    draft.keep_runs.add(name)
     action = CreateAnalysisRun(name=name, hash=ctx.desired, stable_hash=ctx.stable, walk=ctx.walk, step=step,
                                analysis=ref)
     draft.act(action)
@@ -344,16 +380,19 @@ def _ensure_run(ctx: _Ctx, draft: _Draft, *, step: int | None, ref: AnalysisRef)
 
 def _analysis_gate(ctx: _Ctx, draft: _Draft, *, index: int, step: Step | None, ready: bool,
                    route_to: str) -> _Ctx | None:
-    """Background analysis (from its starting step) and the current step's analysis (once the canary is ready for
-    it). A Failed or Error run aborts at once, whatever the steps are doing; an Inconclusive one pauses for a human,
-    whose resume accepts it. Returns None when it decided the path, else the context (with accepted runs)."""
+    """Background analysis (from its starting step) and the current step's analysis (started once the canary is
+    ready for it, and kept while the rollout is paused or the canary waits for pods). A Failed or Error run aborts at
+    once, whatever the steps are doing; an Inconclusive one pauses for a human, whose resume accepts it. Returns
+    None when it decided the path, else the context."""
     spec, st = ctx.rollout.spec, ctx.status
     runs: list[AnalysisRunState] = []
     background = spec.canary.analysis
     if background is not None and index >= background.starting_step:
         runs += _ensure_run(ctx, draft, step=None, ref=background.analysis)
-    if isinstance(step, AnalysisStep) and ready and not spec.paused:
-        runs += _ensure_run(ctx, draft, step=index, ref=step.analysis)
+    if isinstance(step, AnalysisStep):
+        step_runs = _ensure_run(ctx, draft, step=index, ref=step.analysis, create=ready and not spec.paused)
+        draft.step_run = step_runs[0] if step_runs else None
+        runs += step_runs
     failed = next((r for r in runs if r.phase in ("Failed", "Error")), None)
     if failed is not None:
         reason = f"analysis {failed.name} {failed.phase.lower()}: {failed.message or 'no message'}"
@@ -368,13 +407,23 @@ def _analysis_gate(ctx: _Ctx, draft: _Draft, *, index: int, step: Step | None, r
     if not waiting:
         return ctx
     names = ", ".join(r.name for r in waiting)
-    if st.controller_pause and not st.pause_conditions:
-        draft.event("RolloutResumed", f"inconclusive analysis {names} accepted by a user")
-        draft.status["controllerPause"] = False
-        draft.status["pauseConditions"] = []
-        accepted = ctx.accepted | {r.name for r in waiting}
-        draft.status["acceptedAnalysisRuns"] = sorted(accepted)
-        return replace(ctx, accepted=accepted)
+    shown = st.condition("Paused")
+    if st.controller_pause and not st.pause_conditions and shown is not None and shown.reason == INCONCLUSIVE_REASON:
+        # A human resumed the pause that showed them these runs: accept exactly the runs that pause named. Decide
+        # the rest next time, so a pause step that was interrupted starts again rather than ending with this resume.
+        seen = [r for r in waiting if r.name in shown.message]
+        if seen:
+            accepted = ctx.accepted | {r.name for r in seen}
+            draft.event("RolloutResumed", f"inconclusive analysis {', '.join(r.name for r in seen)} accepted by a "
+                        "user")
+            draft.status["controllerPause"] = False
+            draft.status["pauseConditions"] = []
+            draft.status["acceptedAnalysisRuns"] = sorted(accepted)
+            draft.wake.append(0.0)
+            _hold_traffic(ctx, draft, route_to=route_to)
+            _hold(replace(ctx, accepted=accepted), draft, index=index, phase="Progressing",
+                  message=f"inconclusive analysis {', '.join(r.name for r in seen)} accepted by a user; continuing")
+            return None
     ours = next((p for p in st.pause_conditions if p.reason == INCONCLUSIVE_REASON), None)
     if not st.controller_pause or ours is None:
         draft.event("AnalysisInconclusive", f"paused: analysis {names} inconclusive: {waiting[0].message}",
@@ -382,23 +431,28 @@ def _analysis_gate(ctx: _Ctx, draft: _Draft, *, index: int, step: Step | None, r
     draft.status["controllerPause"] = True
     draft.status["pauseConditions"] = [{"reason": INCONCLUSIVE_REASON,
                                         "startTime": format_time(ours.start_time if ours else ctx.now)}]
-    _set_stable_selector(ctx, draft, ctx.stable)
-    _route(ctx, draft, weight=ctx.held_weight, canary_hash=route_to)
-    _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=spec.canary.abort_scale_down_delay)
+    _hold_traffic(ctx, draft, route_to=route_to)
     _hold(ctx, draft, index=index, phase="Paused", paused=INCONCLUSIVE_REASON,
           message=f"paused: analysis {names} inconclusive ({waiting[0].message}); resume (remove "
                   "status.pauseConditions) to accept it and continue, or abort")
     return None
 
 
+def _hold_traffic(ctx: _Ctx, draft: _Draft, *, route_to: str) -> None:
+    _set_stable_selector(ctx, draft, ctx.stable)
+    _route(ctx, draft, weight=ctx.held_weight, canary_hash=route_to)
+    _retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired},
+                         delay=ctx.rollout.spec.canary.abort_scale_down_delay)
+
+
 def _analysis_step(ctx: _Ctx, draft: _Draft, *, index: int) -> None:
-    name = run_name(ctx.rollout.name, ctx.desired, ctx.walk, index)
-    run = ctx.obs.runs.get(name)
+    run = draft.step_run
     if run is not None and (run.phase == "Successful" or run.name in ctx.accepted):
-        what = f"analysis {name} " + ("successful" if run.phase == "Successful" else "inconclusive, accepted")
+        what = f"analysis {run.name} " + ("successful" if run.phase == "Successful" else "inconclusive, accepted")
         _advance(ctx, draft, index=index, weight=ctx.held_weight, what=what)
         return
     total = len(ctx.rollout.spec.canary.steps)
+    name = run.name if run is not None else next((a.name for a in draft.created_runs if a.step == index), "")
     _hold(ctx, draft, index=index, phase="Progressing",
           message=f"step {index + 1}/{total}: waiting for analysis {name} ({run.phase if run else 'Pending'})")
 

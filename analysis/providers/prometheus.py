@@ -103,7 +103,9 @@ def _vector(samples: list[Mapping[str, Any]]) -> Outcome:
         if value is None:
             return Failure(f"unexpected sample from Prometheus: {clip(json.dumps(sample, default=repr), 200)}")
         values.append(value)
-    if all(math.isnan(value) for value in values):
+    # Any NaN makes the whole result no data: a NaN compares false with everything, so `failureCondition:
+    # result[0] > 0.05` would pass a NaN ratio (no traffic) as healthy.
+    if any(math.isnan(value) for value in values):
         return NoData(NOT_A_NUMBER)
     return Value(values, display=clip("[" + ", ".join(format_number(v) for v in values) + "]"))
 

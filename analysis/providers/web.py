@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -96,6 +97,8 @@ def pick(document: object, path: str | None) -> Outcome:
         return Failure(str(exc))
     if value is None:
         return NoData(f"jsonPath {path} is null")
+    if isinstance(value, float) and math.isnan(value):  # json.loads accepts NaN; it must not pass a condition
+        return NoData(f"jsonPath {path} is NaN")
     return Value(value, display=_compact(value))
 
 

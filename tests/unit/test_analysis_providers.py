@@ -27,7 +27,7 @@ from analysis.providers import (
     safe_url,
     validate_config,
 )
-from analysis.providers.prometheus import PrometheusProvider, describe_status_error, interpret
+from analysis.providers.prometheus import NOT_A_NUMBER, PrometheusProvider, describe_status_error, interpret
 from analysis.providers.web import WebProvider, pick
 
 
@@ -81,11 +81,9 @@ def test_vector_of_only_nan_is_no_data() -> None:
         "the query returned NaN (e.g. 0/0: no traffic)")
 
 
-def test_vector_with_some_nan_keeps_them_as_values() -> None:
-    outcome = interpret([sample("NaN", pod="a"), sample("0.5", pod="b")])
-    assert isinstance(outcome, Value)
-    assert isinstance(outcome.value, list) and math.isnan(outcome.value[0]) and outcome.value[1] == 0.5
-    assert outcome.display == "[NaN, 0.5]"
+def test_vector_with_any_nan_is_no_data() -> None:
+    # NaN compares false with everything: kept as a value, `failureCondition: result[0] > 0.05` would pass it.
+    assert interpret([sample("NaN", pod="a"), sample("0.5", pod="b")]) == NoData(NOT_A_NUMBER)
 
 
 def test_string_result_is_unsupported() -> None:
@@ -394,3 +392,7 @@ def test_jsonpath_round_trips_and_finds_the_value_it_was_built_for(
     assert jsonpath.parse("{" + text + "}") == segments
     assert jsonpath.extract(document, text) == leaf
     assert jsonpath.extract(document, segments) == leaf
+
+
+def test_web_nan_is_no_data_not_a_value() -> None:
+    assert isinstance(pick({"v": math.nan}, "$.v"), NoData)

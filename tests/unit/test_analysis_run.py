@@ -49,7 +49,8 @@ def at(seconds: float) -> datetime:
 
 
 def metric(name: str = "error-rate", **overrides: Any) -> MetricSpec:
-    fields: dict[str, Any] = {"name": name, "provider": "prometheus", "provider_config": {"query": "q"},
+    fields: dict[str, Any] = {"name": name, "provider": "prometheus",
+                              "provider_config": {"address": "http://prometheus:9090", "query": "q"},
                               "success_condition": "result[0] < 0.05"}
     fields.update(overrides)
     return MetricSpec(**fields)

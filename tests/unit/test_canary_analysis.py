@@ -201,15 +201,70 @@ def test_finished_runs_of_old_walks_are_pruned_beyond_the_history_limit() -> Non
     assert sorted(cluster.runs) == sorted(a.name for a in cluster.created[-2:])
 
 
-def test_resumed_inconclusive_background_run_does_not_pause_again() -> None:
+def test_accepted_inconclusive_background_run_is_followed_by_a_fresh_one() -> None:
     cluster = healthy(steps=[{"setWeight": 20}, {"setWeight": 50}, {"pause": {}}])
     cluster.spec["strategy"]["canary"]["analysis"] = ANALYSIS
     cluster.set_image("app:2")
     walk_until(cluster, at_step(1))
-    cluster.set_phase(cluster.run_for(None), "Inconclusive", "metric m: no data")
+    first = cluster.run_for(None)
+    cluster.set_phase(first, "Inconclusive", "metric m: no data")
     assert cluster.reconcile().status["phase"] == "Paused"
     cluster.resume()
-    cluster.status["controllerPause"] = True  # as the status holds it when the user removes pauseConditions
     decisions = walk_until(cluster, at_step(2))
-    assert all(d.status.get("phase") != "Paused" or d.status.get("currentStepIndex") == 2 for d in decisions)
-    assert cluster.status["acceptedAnalysisRuns"] == [cluster.run_for(None)]
+    assert all(d.status.get("phase") != "Paused" for d in decisions)
+    assert cluster.status["acceptedAnalysisRuns"] == [first]
+    assert cluster.run_for(None) == f"{first}.2"  # background analysis goes on
+
+
+def test_resuming_a_pause_step_does_not_accept_an_inconclusive_result_nobody_was_shown() -> None:
+    cluster = healthy(steps=[{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}])
+    cluster.spec["strategy"]["canary"]["analysis"] = ANALYSIS
+    cluster.set_image("app:2")
+    walk_until(cluster, at_step(1))
+    cluster.reconcile()  # enters the indefinite pause
+    cluster.resume()
+    cluster.set_phase(cluster.run_for(None), "Inconclusive", "metric m: no data")
+    decision = cluster.reconcile()
+    assert decision.status["phase"] == "Paused"
+    assert condition(decision.status, "Paused")["reason"] == INCONCLUSIVE_REASON
+    assert decision.status["acceptedAnalysisRuns"] == []
+
+
+def test_accepting_an_inconclusive_result_does_not_also_end_a_pause_step() -> None:
+    cluster = healthy(steps=[{"setWeight": 20}, {"pause": {"duration": "1h"}}, {"setWeight": 50}])
+    cluster.spec["strategy"]["canary"]["analysis"] = ANALYSIS
+    cluster.set_image("app:2")
+    walk_until(cluster, at_step(1))
+    cluster.reconcile()  # enters the timed pause
+    cluster.set_phase(cluster.run_for(None), "Inconclusive", "metric m: no data")
+    assert condition(cluster.reconcile().status, "Paused")["reason"] == INCONCLUSIVE_REASON
+    cluster.resume()
+    accepted = cluster.reconcile()
+    assert event_reasons(accepted).count("RolloutResumed") == 1
+    decision = cluster.reconcile()
+    assert decision.status["currentStepIndex"] == 1 and decision.status["phase"] == "Paused"
+    assert condition(decision.status, "Paused")["reason"] == "CanaryPauseStep"
+
+
+def test_a_step_run_is_kept_while_the_rollout_is_paused_and_never_passes_by_being_stopped() -> None:
+    cluster = at_analysis_step()
+    run = cluster.run_for(1)
+    cluster.set_phase(run, "Running")
+    cluster.spec["paused"] = True
+    cluster.reconcile()
+    assert not cluster.runs[run].terminating
+    cluster.spec["paused"] = False
+    assert cluster.reconcile().status["currentStepIndex"] == 1  # still waiting for the same run
+    cluster.set_phase(run, "Failed", "metric m: bad")
+    assert cluster.reconcile().summary == "Aborted"
+
+
+def test_a_terminated_step_run_is_replaced_not_taken_as_a_pass() -> None:
+    cluster = at_analysis_step()
+    run = cluster.run_for(1)
+    # Stopped by sluice (e.g. the template flipped away and back while the status write was lost): it ends
+    # Successful with no verdict.
+    cluster.runs[run] = replace(cluster.runs[run], phase="Successful", terminating=True)
+    decision = cluster.reconcile()
+    assert decision.status["currentStepIndex"] == 1
+    assert cluster.run_for(1) == f"{run}.2"
