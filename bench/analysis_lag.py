@@ -37,6 +37,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from fleet import app_objects
+
 from analysis.run import Measurement, parse_run_status
 from analysis.spec import MetricSpec
 from devcluster.controlplane import REPO_ROOT, ControlPlane, _Component
@@ -49,7 +51,6 @@ from rollout.kube import (
     ANALYSISTEMPLATES,
     NAMESPACES,
     ROLLOUTS,
-    SERVICES,
     VIRTUALSERVICES,
     Body,
     KubeClient,
@@ -104,27 +105,6 @@ def _probe_template(prometheus: str, app: str) -> Body:
             "spec": {"metrics": [{"name": "errors", "interval": f"{INTERVAL}s", "successCondition": "result[0] < 0.5",
                                   "provider": {"prometheus": {"address": prometheus,
                                                               "query": f"{errors} / {total}"}}}]}}
-
-
-def _probe(name: str) -> list[tuple[Any, Body]]:
-    labels = {"app": name}
-    service = {"selector": labels, "ports": [{"port": 80}]}
-    return [
-        (SERVICES, {"metadata": {"name": f"{name}-stable"}, "spec": service}),
-        (SERVICES, {"metadata": {"name": f"{name}-canary"}, "spec": service}),
-        (VIRTUALSERVICES, {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                           "metadata": {"name": name}, "spec": {"hosts": [name], "http": [{"name": "primary", "route": [
-                               {"destination": {"host": f"{name}-stable"}, "weight": 100},
-                               {"destination": {"host": f"{name}-canary"}, "weight": 0}]}]}}),
-        (ROLLOUTS, {"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name}, "spec": {
-            "replicas": 1, "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}},
-            "strategy": {"canary": {"stableService": f"{name}-stable", "canaryService": f"{name}-canary",
-                                    "trafficRouting": {"istio": {"virtualService": {"name": name}}},
-                                    "steps": [{"setWeight": 50},
-                                              {"analysis": {"templates": [{"templateName": "probe"}]}}]}}}}),
-    ]
 
 
 def _canary_weight(vs: Body) -> int | None:
@@ -199,7 +179,8 @@ async def _set_up_probes(admin: KubeClient, ns: str, prometheus: Prometheus, app
     await _wait("the probe app's error ratio not back to 0", 60, healthy)
     await admin.create(ANALYSISTEMPLATES, template, namespace=ns)
     for name in probes.names:
-        for resource, body in _probe(name):
+        steps = [{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "probe"}]}}]
+        for resource, body in app_objects(name, steps):
             await admin.create(resource, body, namespace=ns)
 
     async def phases(want: str) -> bool:

@@ -20,10 +20,11 @@ from dataclasses import replace
 from typing import Any
 
 import aiohttp
+from fleet import app_objects
 
 from devcluster.controlplane import ControlPlane
 from rollout.controller import Controller
-from rollout.kube import NAMESPACES, ROLLOUTS, SERVICES, VIRTUALSERVICES, KubeClient
+from rollout.kube import NAMESPACES, ROLLOUTS, KubeClient
 from rollout.settings import Settings
 
 
@@ -35,26 +36,6 @@ class CountingClient(KubeClient):
     async def _send(self, method: str, path: str, **kwargs: Any) -> aiohttp.ClientResponse:
         self.requests[method] += 1
         return await super()._send(method, path, **kwargs)
-
-
-def _app(name: str) -> list[tuple[Any, dict[str, Any]]]:
-    labels = {"app": name}
-    service = {"selector": labels, "ports": [{"port": 80}]}
-    return [
-        (SERVICES, {"metadata": {"name": f"{name}-stable"}, "spec": service}),
-        (SERVICES, {"metadata": {"name": f"{name}-canary"}, "spec": service}),
-        (VIRTUALSERVICES, {"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-                           "metadata": {"name": name}, "spec": {"hosts": [name], "http": [{"name": "primary", "route": [
-                               {"destination": {"host": f"{name}-stable"}, "weight": 100},
-                               {"destination": {"host": f"{name}-canary"}, "weight": 0}]}]}}),
-        (ROLLOUTS, {"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name}, "spec": {
-            "replicas": 1, "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}},
-            "strategy": {"canary": {"stableService": f"{name}-stable", "canaryService": f"{name}-canary",
-                                    "trafficRouting": {"istio": {"virtualService": {"name": name}}},
-                                    "steps": [{"setWeight": 50}, {"pause": {}}]}}}}),
-    ]
 
 
 async def _until(kube: KubeClient, ns: str, count: int, check: Any) -> None:
@@ -85,7 +66,7 @@ async def _fleet(admin: KubeClient, kubeconfig: str, ns: str, size: int) -> dict
     try:
         started = time.monotonic()
         for i in range(size):
-            for resource, body in _app(f"app{i}"):
+            for resource, body in app_objects(f"app{i}", [{"setWeight": 50}, {"pause": {}}]):
                 await admin.create(resource, body, namespace=ns)
         await _until(admin, ns, size, lambda st: st.get("phase") == "Healthy")
         healthy = time.monotonic() - started
