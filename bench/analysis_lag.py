@@ -179,7 +179,7 @@ async def _set_up_probes(admin: KubeClient, ns: str, prometheus: Prometheus, app
     await _wait("the probe app's error ratio not back to 0", 60, healthy)
     await admin.create(ANALYSISTEMPLATES, template, namespace=ns)
     for name in probes.names:
-        steps = [{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "probe"}]}}]
+        steps: list[dict[str, Any]] = [{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "probe"}]}}]
         for resource, body in app_objects(name, steps):
             await admin.create(resource, body, namespace=ns)
 
