@@ -83,6 +83,10 @@ ANALYSISTEMPLATES = Resource("sluice.dev", "v1alpha1", "analysistemplates", "Ana
 CLUSTERANALYSISTEMPLATES = Resource("sluice.dev", "v1alpha1", "clusteranalysistemplates", "ClusterAnalysisTemplate",
                                     namespaced=False)
 SECRETS = Resource("", "v1", "secrets", "Secret")
+SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+TOKENREVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False)
+SUBJECTACCESSREVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview",
+                                namespaced=False)
 
 
 class ApiError(Exception):
@@ -238,8 +242,11 @@ class KubeClient:
                 return items, ResourceVersion(str(meta.get("resourceVersion", "")))
             query["continue"] = meta["continue"]
 
-    async def create(self, resource: Resource, body: Body, *, namespace: str | None = None) -> Body:
-        return await self._request("POST", resource.path(namespace=namespace), body=body)
+    async def create(self, resource: Resource, body: Body, *, namespace: str | None = None, name: str | None = None,
+                     subresource: str | None = None) -> Body:
+        """POST a new object; with `name` and `subresource`, POST to an object's subresource (a TokenRequest)."""
+        return await self._request("POST", resource.path(namespace=namespace, name=name, subresource=subresource),
+                                   body=body)
 
     async def patch(self, resource: Resource, *, name: str, namespace: str | None = None, patch: Any,
                     patch_type: PatchType = "merge", subresource: str | None = None,
@@ -324,3 +331,25 @@ def label_selector_string(match_labels: Mapping[str, str], expressions: Sequence
         elif op == "DoesNotExist":
             parts.append(f"!{key}")
     return ",".join(parts)
+
+
+async def kubeconfig_bearer_token(kubeconfig: str | None, context: str | None) -> str | None:
+    """The bearer token of a kubeconfig context's user (`token`, `tokenFile`, an exec plugin, OIDC), for the `sluice`
+    CLI to present to the operator API. None when the user has no token (client certificates, basic auth).
+
+    Async because kubernetes-asyncio runs exec plugins asynchronously. A missing or broken kubeconfig is a ConfigError.
+    """
+    configuration = k8s_client.Configuration()
+    # Once, at start-up: blocking path calls are fine here.
+    path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")  # noqa: ASYNC240
+    if os.pathsep not in path and not os.path.exists(path):  # noqa: ASYNC240
+        raise ConfigError(f"kubeconfig {path} does not exist")
+    try:
+        await k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration,
+                                          persist_config=False)
+    except (k8s_config.ConfigException, OSError, TypeError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot use kubeconfig {path}: {exc}") from exc
+    value = configuration.api_key.get("BearerToken")
+    if not isinstance(value, str) or not value.startswith("Bearer "):
+        return None
+    return value.removeprefix("Bearer ").strip() or None
