@@ -37,6 +37,7 @@ from analysis.run import (
 )
 from analysis.spec import MetricSpec, parse_run_metrics
 from rollout.kube import ANALYSISRUNS, SECRETS, ApiError, Body, KubeClient, NotFound
+from rollout.metrics import Metrics
 from rollout.queueing import ObjectKey
 from rollout.settings import AnalysisSettings
 from rollout.watching import Store
@@ -51,8 +52,9 @@ class _HeaderError(Exception):
 
 class AnalysisRunner:
     def __init__(self, client: KubeClient, *, runs: Store, settings: AnalysisSettings,
-                 phase_changed: Callable[[Body], None] = lambda _body: None) -> None:
+                 phase_changed: Callable[[Body], None] = lambda _body: None, metrics: Metrics | None = None) -> None:
         self._client = client
+        self._metrics = metrics
         # Our own writes go into the store, so the informer will not report them: the Rollout is told directly.
         self._phase_changed = phase_changed
         self._runs = runs
@@ -121,7 +123,10 @@ class AnalysisRunner:
                 log.error("the %s provider failed unexpectedly measuring %s: %s", metric.provider, metric.name,
                           type(exc).__name__)
                 outcome = Failure(f"internal error in the {metric.provider} provider ({type(exc).__name__})")
-        return classify(metric, outcome, started_at=started, finished_at=datetime.now(UTC))
+        measurement = classify(metric, outcome, started_at=started, finished_at=datetime.now(UTC))
+        if self._metrics is not None:
+            self._metrics.count_measurement(metric.provider, measurement.phase)
+        return measurement
 
     async def _headers(self, namespace: str, metric: MetricSpec) -> dict[str, str]:
         headers: dict[str, str] = {}

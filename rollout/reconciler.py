@@ -11,11 +11,14 @@ What can go wrong, and where the user sees it:
   a ReconcileFailed Event, retried with backoff; cleared by the next successful reconcile;
 - the Rollout changed while we decided (409 on the status patch): decided again at once from the fresh copy.
 None of it escapes in a way that disturbs other Rollouts: the work queue isolates keys.
+
+Given a `Metrics` (rollout/metrics.py), each reconcile's duration and outcome, and the API errors it met, are counted.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +26,7 @@ from typing import Any
 
 from rollout.applying import Applier, status_patch
 from rollout.kube import ROLLOUTS, ApiError, Body, Conflict, KubeClient, label_selector_string
+from rollout.metrics import Metrics
 from rollout.observing import observe
 from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
@@ -54,8 +58,10 @@ class StatusConflict(Exception):
 
 class Reconciler:
     def __init__(self, client: KubeClient, *, rollouts: Store, replica_sets: Store, analysis_runs: Store,
-                 reporter: Reporter, resync: float, run_written: Callable[[Body], None] = lambda _body: None) -> None:
+                 reporter: Reporter, resync: float, run_written: Callable[[Body], None] = lambda _body: None,
+                 metrics: Metrics | None = None) -> None:
         self._client = client
+        self._metrics = metrics
         self._rollouts = rollouts
         self._replica_sets = replica_sets
         self._analysis_runs = analysis_runs
@@ -64,18 +70,38 @@ class Reconciler:
         self._resync = resync
 
     async def reconcile(self, key: ObjectKey) -> Outcome:
+        started = time.monotonic()
+        try:
+            outcome = await self._reconcile_key(key)
+        except Exception:
+            self._observe(started, "error")
+            raise
+        self._observe(started, "backoff" if isinstance(outcome, Backoff) else "ok" if outcome is None else "requeue")
+        return outcome
+
+    def _observe(self, started: float, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.observe_reconcile(time.monotonic() - started, outcome)
+
+    async def _reconcile_key(self, key: ObjectKey) -> Outcome:
         body = self._rollouts.get(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None  # deleted: ReplicaSets go with it through their ownerReferences
         try:
             return await self._reconcile(key, body)
         except StatusConflict:
+            self._count_kube_error("Conflict")
             return 0.0
         except ApiError as exc:
+            self._count_kube_error(exc.reason or f"HTTP{exc.status}")
             await self._record_failure(key, body, exc)
             if exc.temporary:
                 raise  # the work queue retries with its backoff and logs a warning
             return Backoff(str(exc))
+
+    def _count_kube_error(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.count_kube_error(reason)
 
     async def _reconcile(self, key: ObjectKey, body: Body) -> Outcome:
         now = datetime.now(UTC)
