@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -52,6 +53,7 @@ from strategies.model import (
     SpecError,
     format_time,
 )
+from strategies.operations import TEMPLATE_ANNOTATION
 
 
 def replica_set_name(rollout_name: str, hash_: str) -> str:
@@ -115,7 +117,11 @@ class Applier:
                 "name": replica_set_name(meta["name"], action.hash),
                 "namespace": self._namespace,
                 "labels": {**labels, ROLLOUT_LABEL: meta["name"]},
-                "annotations": {REVISION_ANNOTATION: str(action.revision)},
+                # The template as the Rollout had it, before the API server's defaults: `undo` restores exactly
+                # this revision (strategies/operations.py), so it comes back as a fast rollback.
+                "annotations": {REVISION_ANNOTATION: str(action.revision),
+                                TEMPLATE_ANNOTATION: json.dumps(spec["template"], sort_keys=True,
+                                                                separators=(",", ":"))},
                 "ownerReferences": [owner_reference(self._rollout)],
             },
             "spec": {

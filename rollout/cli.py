@@ -1,7 +1,13 @@
-"""`sluice` command line: `sluice controller` runs the controller (from a kubeconfig, or in-cluster).
+"""`sluice` command line.
 
-Operator commands (pause, resume, promote, abort, ...) arrive with the HTTP API; until then they are
-`kubectl patch` one-liners documented in the README.
+`sluice controller` runs the controller (from a kubeconfig, or in-cluster) and, in the same process, the operator API
+(docs/api.md). Every other command is a client of that API, through rollout/apiclient.py: `get` shows Rollouts
+(rendered by rollout/console.py), `pause`, `resume`, `promote`, `abort`, `retry`, `restart`, `undo` and
+`set image` operate on one. The client commands never talk to Kubernetes themselves; they only borrow the kubeconfig
+user's bearer token (rollout.kube.kubeconfig_bearer_token) when no --token or SLUICE_TOKEN is given.
+
+Exit codes of the client commands: 0 done, 1 the API refused (4xx), 2 usage error (no server, no token),
+3 the API could not be reached or failed (5xx).
 """
 
 from __future__ import annotations
@@ -9,20 +15,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
+import json
+import logging
+import os
 import signal
 import sys
 from dataclasses import replace
+from typing import Any
 
+from rollout import console
+from rollout.apiclient import ApiClient, ApiClientError
 from rollout.controller import Controller
-from rollout.kube import ConfigError, KubeClient
+from rollout.kube import ConfigError, KubeClient, kubeconfig_bearer_token
 from rollout.reporting import configure_logging
-from rollout.settings import AnalysisSettings, QueueSettings, Settings
+from rollout.settings import AnalysisSettings, ApiSettings, QueueSettings, Settings
+
+EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+WATCH_INTERVAL = 1.0  # seconds between two reads of `sluice get --watch`
+_SIMPLE_OPERATIONS = ("pause", "resume", "abort", "retry", "restart")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sluice", description="Progressive delivery for Kubernetes")
-    commands = parser.add_subparsers(dest="command", required=True)
-    ctl = commands.add_parser("controller", help="run the controller")
+class UsageError(Exception):
+    """A command line that cannot work: printed as one line, exit code 2."""
+
+
+def _controller_parser(commands: Any) -> None:
+    ctl = commands.add_parser("controller", help="run the controller and the operator API")
     ctl.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     ctl.add_argument("--context", help="kubeconfig context")
     ctl.add_argument("--namespace", "-n", action="append", default=[],
@@ -34,19 +53,108 @@ def _parser() -> argparse.ArgumentParser:
                      help="AnalysisRuns measured in parallel")
     ctl.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     ctl.add_argument("--log-format", default="text", choices=["text", "json"])
+    ctl.add_argument("--api-address", default=ApiSettings.address, help="address the operator API listens on")
+    ctl.add_argument("--api-port", type=int, default=ApiSettings.port, help="port of the operator API")
+    ctl.add_argument("--api-tls-cert", help="TLS certificate file of the operator API (with --api-tls-key)")
+    ctl.add_argument("--api-tls-key", help="TLS private key file of the operator API (with --api-tls-cert)")
+    ctl.add_argument("--api-allow-plain-http", action="store_true",
+                     help="serve the API without TLS on a non-loopback address (bearer tokens in clear text)")
+    ctl.add_argument("--webhook-secret", metavar="NAMESPACE/NAME",
+                     help="Secret whose key `hmac` signs registry webhook calls (default: webhook disabled)")
+
+
+def _image_assignment(value: str) -> tuple[str, str]:
+    container, sep, image = value.partition("=")
+    if not sep or not container or not image:
+        raise argparse.ArgumentTypeError(f"expected CONTAINER=IMAGE, got {value!r}")
+    return container, image
+
+
+def _client_parsers(commands: Any) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--server", default=os.environ.get("SLUICE_SERVER"),
+                        help="URL of the sluice API (default: $SLUICE_SERVER)")
+    common.add_argument("--token", default=os.environ.get("SLUICE_TOKEN"),
+                        help="bearer token (default: $SLUICE_TOKEN, else the kubeconfig user's token)")
+    common.add_argument("--kubeconfig", help="kubeconfig to take the token from (default: $KUBECONFIG, ~/.kube/config)")
+    common.add_argument("--context", help="kubeconfig context to take the token from")
+    common.add_argument("--namespace", "-n", default="default", help="namespace of the Rollout (default: default)")
+    common.add_argument("--ca-file", help="CA bundle to verify the API's TLS certificate")
+    common.add_argument("--insecure-skip-tls-verify", action="store_true",
+                        help="do not verify the API's TLS certificate")
+
+    get = commands.add_parser("get", parents=[common], help="show Rollouts, or one Rollout in detail")
+    get.add_argument("name", nargs="?", help="the Rollout to show in detail (default: list them)")
+    get.add_argument("--all-namespaces", "-A", action="store_true", help="list Rollouts in every namespace")
+    get.add_argument("--watch", "-w", action="store_true", help="redraw every second until Ctrl-C")
+    get.add_argument("--output", "-o", default="table", choices=["table", "json"])
+    helps = {"pause": "pause a Rollout", "resume": "resume a paused Rollout", "abort": "send all traffic to stable",
+             "retry": "walk the steps again after an abort", "restart": "roll the same pods again through the steps"}
+    for op in _SIMPLE_OPERATIONS:
+        commands.add_parser(op, parents=[common], help=helps[op]).add_argument("name")
+    promote = commands.add_parser("promote", parents=[common], help="release the current pause step")
+    promote.add_argument("name")
+    promote.add_argument("--full", action="store_true", help="skip every remaining step")
+    undo = commands.add_parser("undo", parents=[common], help="roll back to an earlier revision")
+    undo.add_argument("name")
+    undo.add_argument("--to-revision", type=int, help="revision to go back to (default: the previous one)")
+    set_ = commands.add_parser("set", help="change a Rollout's spec")
+    set_commands = set_.add_subparsers(dest="set_command", required=True)
+    image = set_commands.add_parser("image", parents=[common], help="set a container's image")
+    image.add_argument("name")
+    image.add_argument("assignment", metavar="CONTAINER=IMAGE", type=_image_assignment)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="Progressive delivery for Kubernetes")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _controller_parser(commands)
+    _client_parsers(commands)
     return parser
 
 
-async def _run_controller(args: argparse.Namespace) -> int:
-    settings = Settings(namespaces=tuple(args.namespace))
-    settings = replace(settings, queue=replace(settings.queue, workers=args.workers,
-                                               resync_seconds=args.resync_seconds),
-                       analysis=replace(settings.analysis, workers=args.analysis_workers))
+# -- controller --------------------------------------------------------------------------------------------------
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
     try:
-        client = await KubeClient.connect(kubeconfig=args.kubeconfig, context=args.context, retry=settings.retry)
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def api_settings(args: argparse.Namespace) -> ApiSettings:
+    """The operator API's settings from `sluice controller` flags; UsageError for combinations that cannot work."""
+    if (args.api_tls_cert is None) != (args.api_tls_key is None):
+        raise UsageError("--api-tls-cert and --api-tls-key go together")
+    tls = args.api_tls_cert is not None
+    if not tls and not args.api_allow_plain_http and not _is_loopback(args.api_address):
+        raise UsageError(f"refusing to serve the API on {args.api_address} without TLS: bearer tokens would travel "
+                         "in clear text (give --api-tls-cert and --api-tls-key, or --api-allow-plain-http)")
+    if args.webhook_secret is not None:
+        namespace, sep, name = args.webhook_secret.partition("/")
+        if not sep or not namespace or not name or "/" in name:
+            raise UsageError(f"--webhook-secret wants NAMESPACE/NAME, got {args.webhook_secret!r}")
+    return ApiSettings(address=args.api_address, port=args.api_port, tls_cert_file=args.api_tls_cert,
+                       tls_key_file=args.api_tls_key, allow_plain_http=args.api_allow_plain_http,
+                       webhook_secret=args.webhook_secret)
+
+
+async def _run_controller(args: argparse.Namespace) -> int:
+    # Credentials first: without them nothing else matters, and the message says what to do.
+    try:
+        client = await KubeClient.connect(kubeconfig=args.kubeconfig, context=args.context)
     except ConfigError as exc:
         print(f"sluice: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    try:
+        settings = controller_settings(args)
+    except UsageError as exc:
+        await client.close()
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     controller = Controller(client, settings)
     task = asyncio.current_task()
     loop = asyncio.get_running_loop()
@@ -59,16 +167,127 @@ async def _run_controller(args: argparse.Namespace) -> int:
         pass
     finally:
         await client.close()
-    return 0
+    return EXIT_OK
+
+
+def controller_settings(args: argparse.Namespace) -> Settings:
+    """`sluice controller` flags as Settings; UsageError for combinations that cannot work."""
+    settings = Settings(namespaces=tuple(args.namespace), api=api_settings(args))
+    return replace(settings, queue=replace(settings.queue, workers=args.workers, resync_seconds=args.resync_seconds),
+                   analysis=replace(settings.analysis, workers=args.analysis_workers))
+
+
+def _controller(args: argparse.Namespace) -> int:
+    configure_logging(level=args.log_level, fmt=args.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(_run_controller(args))
+    return EXIT_OK
+
+
+# -- client commands ---------------------------------------------------------------------------------------------
+
+
+async def _token(args: argparse.Namespace) -> str:
+    if args.token:
+        return str(args.token)
+    try:
+        token = await kubeconfig_bearer_token(args.kubeconfig, args.context)
+    except ConfigError as exc:
+        raise UsageError(f"no token: pass --token or set SLUICE_TOKEN ({exc})") from exc
+    if token is None:
+        raise UsageError("no token: pass --token or set SLUICE_TOKEN (the kubeconfig's user has no bearer token)")
+    return token
+
+
+async def _connect(args: argparse.Namespace) -> ApiClient:
+    if not args.server:
+        raise UsageError("no --server given (or set SLUICE_SERVER to the sluice API's URL)")
+    if not args.server.startswith(("http://", "https://")):
+        raise UsageError(f"--server wants an http:// or https:// URL, got {args.server!r}")
+    return ApiClient(args.server, await _token(args), ca_file=args.ca_file, insecure=args.insecure_skip_tls_verify)
+
+
+async def _get_text(api: ApiClient, args: argparse.Namespace) -> str:
+    if args.name:
+        view = await api.get_rollout(args.namespace, args.name)
+        return json.dumps(view, indent=2) if args.output == "json" else console.render_detail(view)
+    views = await api.list_rollouts(None if args.all_namespaces else args.namespace)
+    if args.output == "json":
+        return json.dumps({"items": views}, indent=2)
+    if not views:
+        return "No rollouts." if args.all_namespaces else f"No rollouts in namespace {args.namespace}."
+    return console.render_table(views, all_namespaces=args.all_namespaces)
+
+
+async def _watch(api: ApiClient, args: argparse.Namespace) -> int:
+    """Redraw until Ctrl-C. Unreachable or failing API: say so and keep trying; a refusal (4xx) ends the watch."""
+    tty = sys.stdout.isatty()
+    shown: str | None = None
+    while True:
+        try:
+            text = await _get_text(api, args)
+        except ApiClientError as exc:
+            if 0 < exc.code < 500:
+                raise
+            text = f"sluice: {exc.message} (retrying)"
+        if tty:
+            print("\x1b[H\x1b[2J" + text, flush=True)
+        elif text != shown:
+            print(text if shown is None else "\n" + text, flush=True)
+        shown = text
+        await asyncio.sleep(WATCH_INTERVAL)
+
+
+async def _operate(api: ApiClient, args: argparse.Namespace) -> str:
+    ns, name = args.namespace, args.name
+    if args.command == "set":
+        container, image = args.assignment
+        view = await api.set_image(ns, name, container, image)
+        return console.operation_line(name, "image", view, detail=f"{container}={image}")
+    if args.command == "promote":
+        view = await api.operate(ns, name, "promote", {"full": args.full})
+        return console.operation_line(name, "promote", view, detail="fully" if args.full else "")
+    if args.command == "undo":
+        body = {} if args.to_revision is None else {"toRevision": args.to_revision}
+        view = await api.operate(ns, name, "undo", body)
+        detail = "" if args.to_revision is None else f"to revision {args.to_revision}"
+        return console.operation_line(name, "undo", view, detail=detail)
+    view = await api.operate(ns, name, args.command)
+    return console.operation_line(name, args.command, view)
+
+
+async def _run_client(args: argparse.Namespace) -> int:
+    try:
+        if args.command == "get" and args.name and args.all_namespaces:
+            raise UsageError("a Rollout NAME and --all-namespaces do not go together")
+        api = await _connect(args)
+    except UsageError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    async with api:
+        try:
+            if args.command == "get":
+                if args.watch:
+                    return await _watch(api, args)
+                print(await _get_text(api, args))
+            else:
+                print(await _operate(api, args))
+        except ApiClientError as exc:
+            print(f"sluice: {exc.message}", file=sys.stderr)
+            return EXIT_UNREACHABLE if exc.code == 0 or exc.code >= 500 else EXIT_REFUSED
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "controller":
-        configure_logging(level=args.log_level, fmt=args.log_format)
-        with contextlib.suppress(KeyboardInterrupt):
-            return asyncio.run(_run_controller(args))
-    return 0
+        return _controller(args)
+    # A client prints one line per failure; kubernetes-asyncio's warnings (say, "Config not found") would add more.
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
+    try:
+        return asyncio.run(_run_client(args))
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "get" and args.watch else 130
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Every long-running piece is a named task in one TaskGroup: a watcher per resource (and namespace), and two worker
 pools: one reconciles Rollouts, the other measures AnalysisRuns (so a slow metrics provider never delays a Rollout).
-Workers start only after the informers' first lists, so no Rollout is judged on a half-filled cache. Cancelling
+Workers start only after the informers' first lists, so no Rollout is judged on a half-filled cache; the operator API
+(rollout/api.py) serves from the start and reports ready once they are synced. Cancelling
 `Controller.run` (SIGTERM, Ctrl-C) stops them all; work in flight is simply redone by the next controller, because
 every reconcile is level-triggered and idempotent.
 """
@@ -14,7 +15,10 @@ import logging
 from typing import Any
 
 from rollout.analyzing import AnalysisRunner
+from rollout.api import ApiServer
+from rollout.auth import Reviewer
 from rollout.kube import ANALYSISRUNS, REPLICASETS, ROLLOUTS, Body, KubeClient
+from rollout.metrics import Metrics
 from rollout.queueing import ObjectKey, RetryLater, WorkQueue, run_workers
 from rollout.reconciler import Backoff, Reconciler
 from rollout.reporting import Reporter
@@ -43,13 +47,26 @@ class Controller:
             Informer(client, ANALYSISRUNS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
                      settings=settings.watch, store=self.analysis_runs, on_change=self._analysis_run_changed),
         )
+        self.metrics = Metrics(self.rollouts)
+        reporter = Reporter(client, component=settings.controller_name)
         self._reconciler = Reconciler(client, rollouts=self.rollouts, replica_sets=self.replica_sets,
-                                      analysis_runs=self.analysis_runs,
-                                      reporter=Reporter(client, component=settings.controller_name),
+                                      analysis_runs=self.analysis_runs, reporter=reporter, metrics=self.metrics,
                                       resync=settings.queue.resync_seconds,
                                       run_written=lambda body: self.analysis_queue.add(ObjectKey.of(body)))
         self._runner = AnalysisRunner(client, runs=self.analysis_runs, settings=settings.analysis,
-                                      phase_changed=self._wake_owner)
+                                      phase_changed=self._wake_owner, metrics=self.metrics)
+        self.api: ApiServer | None = None
+        if settings.api is not None:
+            reviewer = Reviewer(client, cache_seconds=settings.api.review_cache_seconds,
+                                on_review=self.metrics.count_review)
+            self.api = ApiServer(client, settings=settings.api, rollouts=self.rollouts,
+                                 replica_sets=self.replica_sets, analysis_runs=self.analysis_runs, reviewer=reviewer,
+                                 metrics=self.metrics, reporter=reporter, ready=self.ready,
+                                 namespaces=settings.namespaces)
+
+    def ready(self) -> bool:
+        """The watches have listed once: the caches the workers and the API read from are filled."""
+        return all(informer.synced.is_set() for informer in self._informers)
 
     def _rollout_changed(self, event_type: str, body: Body) -> None:
         key = ObjectKey.of(body)
@@ -96,6 +113,8 @@ class Controller:
         log.info("sluice controller starting: watching %s with %d workers", scope, self.settings.queue.workers)
         try:
             async with asyncio.TaskGroup() as group:
+                if self.api is not None:
+                    await self.api.start()
                 for informer in self._informers:
                     group.create_task(informer.run(), name=f"informer:{informer.resource.plural}")
                 await asyncio.gather(*(i.synced.wait() for i in self._informers))
@@ -110,3 +129,5 @@ class Controller:
             self.queue.shutdown()
             self.analysis_queue.shutdown()
             await self._runner.close()
+            if self.api is not None:
+                await self.api.stop()

@@ -49,11 +49,28 @@ class AnalysisSettings:
 
 
 @dataclass(frozen=True)
+class ApiSettings:
+    """The operator API (docs/api.md) served by the controller process."""
+
+    address: str = "0.0.0.0"
+    port: int = 8080  # 0: pick a free port (tests)
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # Bearer tokens in clear text: refused on a non-loopback address without TLS unless asked for explicitly.
+    allow_plain_http: bool = False
+    webhook_secret: str | None = None  # "namespace/name" of the Secret holding the registry webhook's HMAC key
+    review_cache_seconds: float = 5.0
+    max_body_bytes: int = 64 * 1024
+    webhook_max_skew_seconds: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     retry: RetrySettings = field(default_factory=RetrySettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
     watch: WatchSettings = field(default_factory=WatchSettings)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
+    api: ApiSettings | None = None  # None: no operator API (embedded uses); `sluice controller` always serves it
     field_manager: str = "sluice"
     controller_name: str = "sluice-controller"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,10 +171,11 @@ def paused_at(index: int) -> Callable[[Body], bool]:
 class ControllerProcess:
     """The real controller (`python -m rollout controller`) in its own process, watching one namespace."""
 
-    def __init__(self, *, kubeconfig: Path, namespace: str, log_path: Path) -> None:
+    def __init__(self, *, kubeconfig: Path, namespace: str, log_path: Path,
+                 extra_args: list[str] | None = None) -> None:
         self._args = [sys.executable, "-m", "rollout", "controller", "--kubeconfig", str(kubeconfig),
                       "--namespace", namespace, "--resync-seconds", "15", "--log-format", "json",
-                      "--log-level", "info"]
+                      "--log-level", "info", "--api-address", "127.0.0.1", "--api-port", "0", *(extra_args or [])]
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -199,6 +201,17 @@ class ControllerProcess:
                 self._proc.kill()
                 self._proc.wait(10)
         self._proc = None
+
+    async def api_url(self, timeout: float = 30.0) -> str:
+        """The operator API's base URL (a free port, announced in the log; the latest start's)."""
+        pattern = re.compile(r"operator API listening on (https?://[\d.]+:\d+)")
+
+        async def announced() -> str | None:
+            text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+            found = pattern.findall(text)
+            return found[-1] if found else None
+
+        return await wait_for(announced, timeout=timeout, what="the operator API to listen")
 
     @property
     def alive(self) -> bool:

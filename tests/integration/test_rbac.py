@@ -27,7 +27,7 @@ CLUSTER_ROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "Clu
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
 SLUICE_RULES: list[dict[str, Any]] = [
-    {"apiGroups": ["sluice.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "watch"]},
+    {"apiGroups": ["sluice.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["sluice.dev"], "resources": ["rollouts/status"], "verbs": ["patch"]},
     {"apiGroups": ["sluice.dev"], "resources": ["analysisruns"],
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
@@ -35,6 +35,9 @@ SLUICE_RULES: list[dict[str, Any]] = [
     {"apiGroups": ["sluice.dev"], "resources": ["analysistemplates", "clusteranalysistemplates"], "verbs": ["get"]},
     # Header values for metric providers; read one by one when measuring, never listed or watched.
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    # The operator API: the cluster authenticates callers and decides what they may do; operations are patches.
+    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
+    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
     {"apiGroups": ["apps"], "resources": ["replicasets"],
      "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch"]},

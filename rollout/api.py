@@ -1,0 +1,352 @@
+"""The operator HTTP API (docs/api.md): reads from the informers' caches, operations as patches on the Rollout.
+
+Every `/api/v1` call except the signed registry webhook is authenticated (TokenReview) and authorised
+(SubjectAccessReview on `rollouts.sluice.dev`) by the cluster itself (rollout/auth.py). What an operation writes is
+decided by a pure function (strategies/operations.py); this module reads the Rollout fresh from the API server,
+writes the patches with a resourceVersion precondition (a concurrent change is re-read and re-decided, twice at
+most), and records an Event naming the user. The API keeps no state, so any controller replica can answer.
+
+Every error is JSON `{"error": {"code", "message"}}` with a 4xx for bad input; a bug is a 500 with a generic message
+and the traceback in the log only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, NoReturn
+
+from aiohttp import web
+
+from rollout.auth import AuthError, Reviewer, User
+from rollout.kube import ROLLOUTS, ApiError, Body, Conflict, KubeClient, NotFound
+from rollout.metrics import Metrics
+from rollout.openapi import openapi_document
+from rollout.reporting import Reporter
+from rollout.settings import ApiSettings
+from rollout.views import list_view, rollout_view
+from rollout.watching import Store
+from rollout.webhook import (
+    SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+    ReplayGuard,
+    WebhookError,
+    load_secret,
+    parse_push,
+    target_container,
+    verify_signature,
+)
+from strategies.decision import Event
+from strategies.operations import OPERATIONS, OperationError, plan_operation
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+WRITE_ATTEMPTS = 3  # a write that keeps losing resourceVersion races answers 409 after this many tries
+WEBHOOK_USER = "registry webhook"
+_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_NAME = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+class ApiFailure(Exception):
+    """An answer other than 2xx, with its code and a message for the caller."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _error(code: int, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=code)
+
+
+def _fail(code: int, message: str) -> NoReturn:
+    raise ApiFailure(code, message)
+
+
+class ApiServer:
+    def __init__(self, client: KubeClient, *, settings: ApiSettings, rollouts: Store, replica_sets: Store,
+                 analysis_runs: Store, reviewer: Reviewer, metrics: Metrics, reporter: Reporter,
+                 ready: Callable[[], bool], namespaces: tuple[str, ...] = ()) -> None:
+        self._client = client
+        self._settings = settings
+        self._rollouts = rollouts
+        self._replica_sets = replica_sets
+        self._analysis_runs = analysis_runs
+        self._reviewer = reviewer
+        self._metrics = metrics
+        self._reporter = reporter
+        self._ready = ready
+        self._namespaces = namespaces
+        self._replays = ReplayGuard()
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    # -- serving -------------------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._settings.max_body_bytes,
+                              middlewares=[self._observe, self._errors])
+        r = app.router
+        r.add_get("/healthz", self._healthz)
+        r.add_get("/readyz", self._readyz)
+        r.add_get("/metrics", self._metrics_page)
+        r.add_get("/openapi.json", self._openapi)
+        r.add_get("/api/v1/rollouts", self._list_all)
+        r.add_get("/api/v1/namespaces/{ns}/rollouts", self._list)
+        r.add_get("/api/v1/namespaces/{ns}/rollouts/{name}", self._get)
+        for op in OPERATIONS:
+            if op != "image":
+                r.add_post(f"/api/v1/namespaces/{{ns}}/rollouts/{{name}}/{op}", self._operation(op))
+        r.add_put("/api/v1/namespaces/{ns}/rollouts/{name}/image", self._operation("image"))
+        r.add_post("/api/v1/hooks/registry", self._registry_hook)
+        return app
+
+    async def start(self) -> None:
+        context = None
+        if self._settings.tls_cert_file:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(self._settings.tls_cert_file, self._settings.tls_key_file)
+        self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.address, self._settings.port, ssl_context=context)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        scheme = "https" if context else "http"
+        log.info("operator API listening on %s://%s:%d", scheme, self._settings.address, self.port)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- middlewares ---------------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _observe(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = time.monotonic()
+        response = await handler(request)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        self._metrics.observe_request(route, response.status, time.monotonic() - started)
+        return response
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiFailure as exc:
+            return _error(exc.code, exc.message)
+        except AuthError as exc:
+            response = _error(exc.code, exc.message)
+            if exc.code == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="sluice"'
+            return response
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            message = {404: "no such endpoint (see /openapi.json)", 405: f"method {request.method} not allowed here",
+                       413: f"request body too large (at most {self._settings.max_body_bytes} bytes)"}
+            response = _error(exc.status, message.get(exc.status, exc.reason))
+            if "Allow" in exc.headers:
+                response.headers["Allow"] = exc.headers["Allow"]
+            return response
+        except ApiError as exc:
+            if exc.temporary:
+                return _error(503, f"the Kubernetes API is unavailable: {exc.message}")
+            if exc.status in (400, 422):
+                return _error(400, f"the Kubernetes API rejected the change: {exc.message}")
+            if exc.status in (404, 409):
+                return _error(exc.status, exc.message)
+            log.warning("Kubernetes API refused %s %s: %s", request.method, request.path, exc)
+            return _error(503, f"the controller could not do this: {exc.message}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("internal error answering %s %s", request.method, request.path)
+            return _error(500, "internal error (logged by the controller)")
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+
+    async def _user(self, request: web.Request, *, verb: str, namespace: str | None,
+                    name: str | None = None) -> User:
+        user = await self._reviewer.authenticate(request.headers.get("Authorization"))
+        await self._reviewer.authorize(user, verb=verb, namespace=namespace, name=name)
+        return user
+
+    @staticmethod
+    def _names(request: web.Request) -> tuple[str, str]:
+        """The namespace and name in the path, which must be Kubernetes names (else 400)."""
+        ns, name = request.match_info["ns"], request.match_info.get("name", "")
+        if not _NAMESPACE.fullmatch(ns):
+            _fail(400, f"invalid namespace {ns[:80]!r}: a lowercase RFC 1123 label (at most 63 characters)")
+        if "name" in request.match_info and not _NAME.fullmatch(name):
+            _fail(400, f"invalid rollout name {name[:80]!r}: a lowercase RFC 1123 subdomain (at most 253 characters)")
+        return ns, name
+
+    def _served(self, namespace: str) -> bool:
+        return not self._namespaces or namespace in self._namespaces
+
+    def _view(self, body: Body) -> dict[str, Any]:
+        meta = body["metadata"]
+        runs = [run for _, run in self._analysis_runs.items()
+                if run["metadata"].get("namespace") == meta["namespace"]]
+        return rollout_view(body, runs)
+
+    async def _json_body(self, request: web.Request) -> Mapping[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        if request.content_type != "application/json":
+            _fail(415, f"the body must be JSON (Content-Type: application/json), not {request.content_type}")
+        try:
+            value = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            _fail(400, f"the body is not valid JSON: {exc}")
+        if not isinstance(value, dict):
+            _fail(400, "the body must be a JSON object")
+        return value
+
+    # -- health, metrics, description ----------------------------------------------------------------------------
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        if not self._ready():
+            return _error(503, "not ready: the watches have not synced yet")
+        return web.json_response({"status": "ready"})
+
+    async def _metrics_page(self, request: web.Request) -> web.Response:
+        body, content_type = self._metrics.exposition()
+        response = web.Response(body=body)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document())
+
+    # -- reads ---------------------------------------------------------------------------------------------------
+
+    async def _list_all(self, request: web.Request) -> web.Response:
+        await self._user(request, verb="list", namespace=None)
+        return web.json_response(list_view([self._view(body) for _, body in self._rollouts.items()]))
+
+    async def _list(self, request: web.Request) -> web.Response:
+        ns, _ = self._names(request)
+        await self._user(request, verb="list", namespace=ns)
+        items = [self._view(body) for _, body in self._rollouts.items() if body["metadata"]["namespace"] == ns]
+        return web.json_response(list_view(items))
+
+    async def _get(self, request: web.Request) -> web.Response:
+        ns, name = self._names(request)
+        await self._user(request, verb="get", namespace=ns, name=name)
+        body = next((b for _, b in self._rollouts.items()
+                     if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == name), None)
+        if body is None:
+            _fail(404, self._missing(ns, name))
+        return web.json_response(self._view(body))
+
+    def _missing(self, ns: str, name: str) -> str:
+        if not self._served(ns):
+            return f"no rollout {ns}/{name}: this controller serves namespaces {', '.join(self._namespaces)}"
+        return f"no rollout {ns}/{name}"
+
+    # -- operations ----------------------------------------------------------------------------------------------
+
+    def _operation(self, op: str) -> Handler:
+        verb = "update-image" if op == "image" else op
+
+        async def handle(request: web.Request) -> web.Response:
+            ns, name = self._names(request)
+            user = await self._user(request, verb=verb, namespace=ns, name=name)
+            params = await self._json_body(request)
+            if not self._served(ns):
+                _fail(404, self._missing(ns, name))
+            body = await self._operate(ns, name, op, params, who=user.name)
+            return web.json_response(self._view(body))
+
+        return handle
+
+    async def _operate(self, ns: str, name: str, op: str, params: Mapping[str, Any], *, who: str) -> Body:
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                body = await self._client.get(ROLLOUTS, name=name, namespace=ns)
+            except NotFound:
+                _fail(404, self._missing(ns, name))
+            replica_sets = [rs for _, rs in self._replica_sets.items() if _owned_by(rs, body)]
+            try:
+                outcome = plan_operation(op, body, params, replica_sets=replica_sets, now=datetime.now(UTC))
+            except OperationError as exc:
+                _fail(exc.code, exc.message)
+            try:
+                for patch in outcome.patches:
+                    # A later patch builds on the earlier one's write, not on the version it was planned at.
+                    body = await self._client.patch(ROLLOUTS, name=name, namespace=ns,
+                                                    patch=patch.at(body["metadata"]["resourceVersion"]).body,
+                                                    subresource=patch.subresource)
+            except Conflict:
+                if attempt + 1 == WRITE_ATTEMPTS:
+                    _fail(409, f"{ns}/{name} kept changing while {op} was applied; try again")
+                continue
+            if outcome.patches:
+                self._rollouts.put(body)
+                await self._reporter.emit(body, (Event("OperationRequested",
+                                                       f"{outcome.summary} requested by {who} via the sluice API"),),
+                                          context={"rollout": f"{ns}/{name}", "decision": f"Operation:{op}"})
+            return body
+        raise AssertionError("unreachable")
+
+    # -- the registry webhook ------------------------------------------------------------------------------------
+
+    async def _registry_hook(self, request: web.Request) -> web.Response:
+        if self._settings.webhook_secret is None:
+            _fail(404, "the registry webhook is not enabled (sluice controller --webhook-secret NAMESPACE/NAME)")
+        raw = await request.read()
+        try:
+            secret = await load_secret(self._client, self._settings.webhook_secret)
+            verify_signature(secret, timestamp=request.headers.get(TIMESTAMP_HEADER),
+                             signature=request.headers.get(SIGNATURE_HEADER), body=raw, now=time.time(),
+                             max_skew=self._settings.webhook_max_skew_seconds, seen=self._replays)
+            if request.content_type != "application/json":
+                _fail(415, f"the body must be JSON (Content-Type: application/json), not {request.content_type}")
+            try:
+                payload = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                _fail(400, f"the body is not valid JSON: {exc}")
+            push = parse_push(payload)
+        except WebhookError as exc:
+            _fail(exc.code, exc.message)
+        updated: list[str] = []
+        ignored = 0
+        for _, body in self._rollouts.items():
+            target = target_container(body, push)
+            if target is None:
+                ignored += 1
+                continue
+            container, image = target
+            meta = body["metadata"]
+            try:
+                await self._operate(meta["namespace"], meta["name"], "image",
+                                    {"container": container, "image": image}, who=WEBHOOK_USER)
+            except ApiFailure as exc:
+                log.warning("registry webhook could not update %s/%s: %s", meta["namespace"], meta["name"],
+                            exc.message)
+                ignored += 1
+                continue
+            updated.append(f"{meta['namespace']}/{meta['name']}")
+        return web.json_response({"updated": sorted(updated), "ignored": ignored})
+
+
+def _owned_by(replica_set: Body, rollout: Body) -> bool:
+    uid = rollout["metadata"].get("uid")
+    return any(o.get("uid") == uid and o.get("controller")
+               for o in replica_set["metadata"].get("ownerReferences") or [])
+
