@@ -28,6 +28,7 @@ from rollout.auth import AuthError, Reviewer, User
 from rollout.kube import ROLLOUTS, ApiError, Body, Conflict, KubeClient, NotFound
 from rollout.metrics import Metrics
 from rollout.openapi import openapi_document
+from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
 from rollout.settings import ApiSettings
 from rollout.views import list_view, rollout_view
@@ -196,9 +197,7 @@ class ApiServer:
 
     def _view(self, body: Body) -> dict[str, Any]:
         meta = body["metadata"]
-        runs = [run for _, run in self._analysis_runs.items()
-                if run["metadata"].get("namespace") == meta["namespace"]]
-        return rollout_view(body, runs)
+        return rollout_view(body, self._analysis_runs.by_index(ObjectKey(meta["namespace"], meta["name"])))
 
     async def _json_body(self, request: web.Request) -> Mapping[str, Any]:
         raw = await request.read()
