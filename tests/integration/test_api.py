@@ -282,3 +282,34 @@ async def test_body_of_a_rollout_is_never_needed_from_the_caller(kube: KubeClien
     assert code == 200
     body: Body = await kube.get(ROLLOUTS, name="web", namespace=api.ns)
     assert body["spec"]["minReadySeconds"] == 1 and body["spec"]["paused"] is True
+
+
+ENDPOINTS: list[tuple[str, str, str, Any]] = [
+    ("GET", "", "get", None),
+    ("GET", "list", "list", None),
+    *(("POST", op, op, None) for op in ("pause", "resume", "promote", "abort", "retry", "restart")),
+    ("POST", "undo", "undo", {"toRevision": 1}),
+    ("PUT", "image", "update-image", {"container": "web", "image": "registry.example/web:1"}),
+]
+
+
+async def test_every_endpoint_answers_each_persona_as_its_role_allows(kube: KubeClient, api: Api) -> None:
+    """The 401/403/allowed matrix: allowed means neither 401 nor 403 (the state may still answer 200 or 409)."""
+    await create_app(kube, api.ns)
+    await _healthy(kube, api.ns)
+    seen: dict[tuple[str, str], int] = {}
+    for who in ("garbage", "nobody", "reader", "ci", "sre"):
+        for method, op, verb, body in ENDPOINTS:
+            path = f"/api/v1/namespaces/{api.ns}/rollouts" if op == "list" else api.rollout(op=op or None)
+            code, answer = await api.call(method, path, who=who, body=body)
+            seen[(who, verb)] = code
+            if who == "garbage":
+                expected = {401}
+            elif verb in PERSONAS[who]:
+                expected = {200, 409}
+            else:
+                expected = {403}
+            assert code in expected, (who, verb, code, answer)
+            if code == 403:
+                assert verb in _error(answer)[1]
+    assert seen[("sre", "pause")] == 200 and seen[("ci", "update-image")] == 200
