@@ -176,11 +176,16 @@ class ApiServer:
 
     # -- helpers -------------------------------------------------------------------------------------------------
 
-    async def _user(self, request: web.Request, *, verb: str, namespace: str | None,
-                    name: str | None = None) -> User:
+    async def _user(self, request: web.Request, *, verb: str) -> tuple[User, str, str]:
+        """The caller, authorised for `verb` on the path's namespace and name (which are checked, else 400).
+
+        Authentication comes first: a caller without a valid token gets 401 whatever the path, and learns nothing
+        about it, as from the Kubernetes API server itself.
+        """
         user = await self._reviewer.authenticate(request.headers.get("Authorization"))
-        await self._reviewer.authorize(user, verb=verb, namespace=namespace, name=name)
-        return user
+        ns, name = self._names(request) if "ns" in request.match_info else ("", "")
+        await self._reviewer.authorize(user, verb=verb, namespace=ns or None, name=name or None)
+        return user, ns, name
 
     @staticmethod
     def _names(request: web.Request) -> tuple[str, str]:
@@ -235,18 +240,16 @@ class ApiServer:
     # -- reads ---------------------------------------------------------------------------------------------------
 
     async def _list_all(self, request: web.Request) -> web.Response:
-        await self._user(request, verb="list", namespace=None)
+        await self._user(request, verb="list")
         return web.json_response(list_view([self._view(body) for _, body in self._rollouts.items()]))
 
     async def _list(self, request: web.Request) -> web.Response:
-        ns, _ = self._names(request)
-        await self._user(request, verb="list", namespace=ns)
+        _, ns, _ = await self._user(request, verb="list")
         items = [self._view(body) for _, body in self._rollouts.items() if body["metadata"]["namespace"] == ns]
         return web.json_response(list_view(items))
 
     async def _get(self, request: web.Request) -> web.Response:
-        ns, name = self._names(request)
-        await self._user(request, verb="get", namespace=ns, name=name)
+        _, ns, name = await self._user(request, verb="get")
         body = next((b for _, b in self._rollouts.items()
                      if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == name), None)
         if body is None:
@@ -264,8 +267,7 @@ class ApiServer:
         verb = "update-image" if op == "image" else op
 
         async def handle(request: web.Request) -> web.Response:
-            ns, name = self._names(request)
-            user = await self._user(request, verb=verb, namespace=ns, name=name)
+            user, ns, name = await self._user(request, verb=verb)
             params = await self._json_body(request)
             if not self._served(ns):
                 _fail(404, self._missing(ns, name))
