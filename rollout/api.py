@@ -250,8 +250,7 @@ class ApiServer:
 
     async def _get(self, request: web.Request) -> web.Response:
         _, ns, name = await self._user(request, verb="get")
-        body = next((b for _, b in self._rollouts.items()
-                     if b["metadata"]["namespace"] == ns and b["metadata"]["name"] == name), None)
+        body = self._rollouts.get(ObjectKey(ns, name))
         if body is None:
             _fail(404, self._missing(ns, name))
         return web.json_response(self._view(body))
@@ -282,7 +281,7 @@ class ApiServer:
                 body = await self._client.get(ROLLOUTS, name=name, namespace=ns)
             except NotFound:
                 _fail(404, self._missing(ns, name))
-            replica_sets = [rs for _, rs in self._replica_sets.items() if _owned_by(rs, body)]
+            replica_sets = [rs for rs in self._replica_sets.by_index(ObjectKey(ns, name)) if _owned_by(rs, body)]
             try:
                 outcome = plan_operation(op, body, params, replica_sets=replica_sets, now=datetime.now(UTC))
             except OperationError as exc:

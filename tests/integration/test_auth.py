@@ -148,11 +148,16 @@ async def test_repeated_identical_requests_cost_one_review_of_each_kind(kube: Ku
         await reviewer.authorize(user, verb="promote", namespace=namespace, name="web")
     assert reviews.counts == {"TokenReview": 1, "SubjectAccessReview": 1}
 
-    # Another verb is another question; denials are cached as well.
+    # The namespace-wide answer covers every Rollout: other names cost no review.
+    for name in ("api", "worker", "cron"):
+        await reviewer.authorize(user, verb="promote", namespace=namespace, name=name)
+    assert reviews.counts == {"TokenReview": 1, "SubjectAccessReview": 1}
+
+    # Another verb is another question; a denial asks namespace-wide, then for the name, and both are cached.
     for _ in range(5):
         with pytest.raises(AuthError):
             await reviewer.authorize(user, verb="abort", namespace=namespace, name="web")
-    assert reviews.counts == {"TokenReview": 1, "SubjectAccessReview": 2}
+    assert reviews.counts == {"TokenReview": 1, "SubjectAccessReview": 3}
 
 
 async def test_concurrent_identical_requests_share_one_review_in_flight(kube: KubeClient, namespace: str,
@@ -247,3 +252,35 @@ async def test_an_unreachable_api_server_answers_503(unreachable_kubeconfig: Pat
     assert token_check.value.code == 503 and "cannot reach the Kubernetes API" in token_check.value.message
     assert access_check.value.code == 503
 
+
+
+async def test_a_role_limited_to_some_rollouts_allows_exactly_those(kube: KubeClient, namespace: str) -> None:
+    """The namespace-wide review is asked first (one per user and verb, shared by every Rollout); a Role with
+    resourceNames is denied there and allowed by the named review for its own Rollouts only."""
+    token = await service_account_token(kube, namespace, "owner")
+    await kube.create(ROLES, {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "owner"},
+        "rules": [{"apiGroups": ["sluice.dev"], "resources": ["rollouts"], "verbs": ["abort"],
+                   "resourceNames": ["mine"]}],
+    }, namespace=namespace)
+    await kube.create(ROLE_BINDINGS, {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "owner"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "owner"},
+        "subjects": [{"kind": "ServiceAccount", "name": "owner", "namespace": namespace}],
+    }, namespace=namespace)
+    fresh = Reviewer(kube, cache_seconds=0)
+    user = await fresh.authenticate(f"Bearer {token}")
+
+    async def allowed_on_mine() -> bool:
+        try:
+            await fresh.authorize(user, verb="abort", namespace=namespace, name="mine")
+        except AuthError:
+            return False
+        return True
+
+    await wait_for(allowed_on_mine, timeout=30, what="abort allowed on the named Rollout")
+    with pytest.raises(AuthError) as denied:
+        await fresh.authorize(user, verb="abort", namespace=namespace, name="theirs")
+    assert denied.value.code == 403 and "theirs" in denied.value.message
+    with pytest.raises(AuthError):
+        await fresh.authorize(user, verb="abort", namespace=namespace)
