@@ -75,7 +75,8 @@ def _fail(code: int, message: str) -> NoReturn:
 class ApiServer:
     def __init__(self, client: KubeClient, *, settings: ApiSettings, rollouts: Store, replica_sets: Store,
                  analysis_runs: Store, reviewer: Reviewer, metrics: Metrics, reporter: Reporter,
-                 ready: Callable[[], bool], namespaces: tuple[str, ...] = ()) -> None:
+                 ready: Callable[[], bool], namespaces: tuple[str, ...] = (),
+                 written: Callable[[Body], None] = lambda _body: None) -> None:
         self._client = client
         self._settings = settings
         self._rollouts = rollouts
@@ -86,6 +87,9 @@ class ApiServer:
         self._reporter = reporter
         self._ready = ready
         self._namespaces = namespaces
+        # Our writes go into the store (a read right after sees them), so the informer will not report them: the
+        # controller is told directly, or the Rollout would wait for its next resync.
+        self._written = written
         self._replays = ReplayGuard()
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -298,6 +302,7 @@ class ApiServer:
                 continue
             if outcome.patches:
                 self._rollouts.put(body)
+                self._written(body)
                 await self._reporter.emit(body, (Event("OperationRequested",
                                                        f"{outcome.summary} requested by {who} via the sluice API"),),
                                           context={"rollout": f"{ns}/{name}", "decision": f"Operation:{op}"})

@@ -62,7 +62,8 @@ class Controller:
             self.api = ApiServer(client, settings=settings.api, rollouts=self.rollouts,
                                  replica_sets=self.replica_sets, analysis_runs=self.analysis_runs, reviewer=reviewer,
                                  metrics=self.metrics, reporter=reporter, ready=self.ready,
-                                 namespaces=settings.namespaces)
+                                 namespaces=settings.namespaces,
+                                 written=lambda body: self.queue.add(ObjectKey.of(body)))
 
     def ready(self) -> bool:
         """The watches have listed once: the caches the workers and the API read from are filled."""

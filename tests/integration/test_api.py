@@ -313,3 +313,26 @@ async def test_every_endpoint_answers_each_persona_as_its_role_allows(kube: Kube
             if code == 403:
                 assert verb in _error(answer)[1]
     assert seen[("sre", "pause")] == 200 and seen[("ci", "update-image")] == 200
+
+
+async def test_an_operation_takes_effect_at_once_not_at_the_next_resync(
+        kube: KubeClient, namespace: str, control_plane: Any, tmp_path: Any) -> None:
+    """The API writes the Rollout and tells the controller; with a 5-minute resync nothing else would wake it."""
+    tokens = {"sre": await _persona(kube, namespace, "sre", PERSONAS["sre"])}
+    proc = ControllerProcess(kubeconfig=control_plane.kubeconfig, namespace=namespace,
+                             log_path=tmp_path / "controller.log", extra_args=["--resync-seconds", "300"])
+    proc.start()
+    try:
+        await create_app(kube, namespace)
+        await _healthy(kube, namespace)
+        async with aiohttp.ClientSession() as session:
+            api = Api(await proc.api_url(), namespace, tokens, session)
+            code, body = await api.call("PUT", api.rollout(op="image"),
+                                        body={"container": "web", "image": "registry.example/web:2"})
+            assert code == 200, body
+            await wait_status(kube, namespace, paused_at(1), what="the new image at its first pause", timeout=20)
+            code, body = await api.call("POST", api.rollout(op="resume"))
+            assert code == 200, body
+            await wait_status(kube, namespace, paused_at(3), what="resumed to the next pause", timeout=20)
+    finally:
+        proc.stop()
