@@ -34,12 +34,12 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from analysis_lag import _cpu_seconds, _memory_mb, _pct
+from analysis_lag import _cpu_seconds, _memory_mb, _pct, _wait
 from fleet import app_objects
 
 from devcluster.controlplane import REPO_ROOT, ControlPlane, _Component
@@ -58,14 +58,6 @@ _REVIEWS = re.compile(r'^sluice_auth_reviews_total\{kind="(\w+)"\} ([0-9.e+]+)$'
 
 
 # -- setting up ---------------------------------------------------------------------------------------------------
-
-
-async def _wait(what: str, within: float, check: Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} after {within:g}s")
-        await asyncio.sleep(0.5)
 
 
 async def _reader(admin: KubeClient, name: str) -> str:

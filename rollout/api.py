@@ -212,12 +212,7 @@ class ApiServer:
         raw = await request.read()
         if not raw.strip():
             return {}
-        if request.content_type != "application/json":
-            _fail(415, f"the body must be JSON (Content-Type: application/json), not {request.content_type}")
-        try:
-            value = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            _fail(400, f"the body is not valid JSON: {exc}")
+        value = _decode_json(raw, request.content_type)
         if not isinstance(value, dict):
             _fail(400, "the body must be a JSON object")
         return value
@@ -320,13 +315,7 @@ class ApiServer:
             verify_signature(secret, timestamp=request.headers.get(TIMESTAMP_HEADER),
                              signature=request.headers.get(SIGNATURE_HEADER), body=raw, now=time.time(),
                              max_skew=self._settings.webhook_max_skew_seconds, seen=self._replays)
-            if request.content_type != "application/json":
-                _fail(415, f"the body must be JSON (Content-Type: application/json), not {request.content_type}")
-            try:
-                payload = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-                _fail(400, f"the body is not valid JSON: {exc}")
-            push = parse_push(payload)
+            push = parse_push(_decode_json(raw, request.content_type))
         except WebhookError as exc:
             _fail(exc.code, exc.message)
         updated: list[str] = []
@@ -348,6 +337,15 @@ class ApiServer:
                 continue
             updated.append(f"{meta['namespace']}/{meta['name']}")
         return web.json_response({"updated": sorted(updated), "ignored": ignored})
+
+
+def _decode_json(raw: bytes, content_type: str) -> Any:
+    if content_type != "application/json":
+        _fail(415, f"the body must be JSON (Content-Type: application/json), not {content_type}")
+    try:
+        return json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        _fail(400, f"the body is not valid JSON: {exc}")
 
 
 def _owned_by(replica_set: Body, rollout: Body) -> bool:

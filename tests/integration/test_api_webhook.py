@@ -49,6 +49,8 @@ async def test_signed_push_updates_opted_in_rollouts_and_replays_are_refused(
         await create_app(kube, ns, _opted_in("web"))
         await kube.create(ROLLOUTS, _opted_in("web-pinned", pattern=r"^1\.\d+$"), namespace=ns)
         await kube.create(ROLLOUTS, rollout_body("web-manual", image="registry.example/web:1.0"), namespace=ns)
+        # The first version must be up before the push, or the pushed image simply becomes the first version.
+        await wait_status(kube, ns, lambda s: s.get("phase") == "Healthy", what="web Healthy on 1.0")
         url = await proc.api_url()
         push = {"repository": "registry.example/web", "tag": "2.1"}
         async with aiohttp.ClientSession() as session:
