@@ -40,7 +40,7 @@ from rollout.webhook import (
     WebhookError,
     load_secret,
     parse_push,
-    target_container,
+    plan_updates,
     verify_signature,
 )
 from strategies.decision import Event
@@ -189,7 +189,13 @@ class ApiServer:
         user = await self._reviewer.authenticate(request.headers.get("Authorization"))
         ns, name = self._names(request) if "ns" in request.match_info else ("", "")
         await self._reviewer.authorize(user, verb=verb, namespace=ns or None, name=name or None)
+        self._require_ready()
         return user, ns, name
+
+    def _require_ready(self) -> None:
+        # Before the first lists the caches are empty: a read would say "no such rollout", undo "no revision kept".
+        if not self._ready():
+            _fail(503, "not ready: the controller's watches have not synced yet; retry in a moment")
 
     @staticmethod
     def _names(request: web.Request) -> tuple[str, str]:
@@ -310,6 +316,7 @@ class ApiServer:
         if self._settings.webhook_secret is None:
             _fail(404, "the registry webhook is not enabled (sluice controller --webhook-secret NAMESPACE/NAME)")
         raw = await request.read()
+        self._require_ready()
         try:
             secret = await load_secret(self._client, self._settings.webhook_secret)
             verify_signature(secret, timestamp=request.headers.get(TIMESTAMP_HEADER),
@@ -318,24 +325,22 @@ class ApiServer:
             push = parse_push(_decode_json(raw, request.content_type))
         except WebhookError as exc:
             _fail(exc.code, exc.message)
+        plan = plan_updates([body for _, body in self._rollouts.items()], push)
+        for ref, why in plan.ignored:
+            log.debug("registry webhook: %s ignored: %s", ref, why)
         updated: list[str] = []
-        ignored = 0
-        for _, body in self._rollouts.items():
-            target = target_container(body, push)
-            if target is None:
-                ignored += 1
-                continue
-            container, image = target
-            meta = body["metadata"]
+        ignored = len(plan.ignored)
+        for update in plan.updates:
+            # Each Rollout on its own: one that cannot take the image (refused, gone, odd spec) is reported and
+            # skipped, never a failed request that would leave the others without the push.
             try:
-                await self._operate(meta["namespace"], meta["name"], "image",
-                                    {"container": container, "image": image}, who=WEBHOOK_USER)
-            except ApiFailure as exc:
-                log.warning("registry webhook could not update %s/%s: %s", meta["namespace"], meta["name"],
-                            exc.message)
+                await self._operate(update.namespace, update.name, "image",
+                                    {"container": update.container, "image": update.image}, who=WEBHOOK_USER)
+            except (ApiFailure, ApiError) as exc:
+                log.warning("registry webhook could not update %s/%s: %s", update.namespace, update.name, exc)
                 ignored += 1
                 continue
-            updated.append(f"{meta['namespace']}/{meta['name']}")
+            updated.append(f"{update.namespace}/{update.name}")
         return web.json_response({"updated": sorted(updated), "ignored": ignored})
 
 
@@ -346,6 +351,8 @@ def _decode_json(raw: bytes, content_type: str) -> Any:
         return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         _fail(400, f"the body is not valid JSON: {exc}")
+    except (ValueError, RecursionError):  # an integer beyond Python's digit limit, nesting beyond the stack
+        _fail(400, "the body is not JSON sluice can read (numbers too long or nesting too deep)")
 
 
 def _owned_by(replica_set: Body, rollout: Body) -> bool:

@@ -76,6 +76,7 @@ class _ReviewCache(Generic[K, V]):
         hit = self._entries.get(key)
         if hit is not None:
             if hit[0] > self._clock():
+                self._entries.move_to_end(key)  # least recently used goes first: junk tokens cannot evict users
                 return hit[1]
             del self._entries[key]
         task = self._pending.get(key)

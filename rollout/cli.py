@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import urllib.parse
 from dataclasses import replace
 from typing import Any
 
@@ -202,8 +203,15 @@ async def _token(args: argparse.Namespace) -> str:
 async def _connect(args: argparse.Namespace) -> ApiClient:
     if not args.server:
         raise UsageError("no --server given (or set SLUICE_SERVER to the sluice API's URL)")
-    if not args.server.startswith(("http://", "https://")):
+    try:
+        parsed = urllib.parse.urlsplit(args.server)
+        valid = parsed.scheme in ("http", "https") and bool(parsed.hostname) and (parsed.port or 0) >= 0
+    except ValueError:  # an unclosed IPv6 bracket, a port that is not a number
+        valid = False
+    if not valid:
         raise UsageError(f"--server wants an http:// or https:// URL, got {args.server!r}")
+    if args.ca_file and not os.path.isfile(args.ca_file):  # noqa: ASYNC240 - one stat before any I/O
+        raise UsageError(f"--ca-file {args.ca_file}: no such file")
     return ApiClient(args.server, await _token(args), ca_file=args.ca_file, insecure=args.insecure_skip_tls_verify)
 
 

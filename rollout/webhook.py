@@ -8,7 +8,7 @@ and `plan_updates`, and patches the images through the same code path as `PUT ..
 Rollouts opt in with annotations; a Rollout without them is never touched, whatever is pushed:
 
     sluice.dev/image-repository: registry.example/web   # without tag; docker.io forms are normalised
-    sluice.dev/image-tag-pattern: '^1\\.4\\.\\d+$'        # must match the pushed tag in full
+    sluice.dev/image-tag-pattern: '^1\\.4\\.\\d+$'        # must match the pushed tag in full, RE2 syntax
     sluice.dev/image-container: web                     # optional
 """
 
@@ -24,6 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import re2
+
 from rollout.kube import SECRETS, ApiError, KubeClient, NotFound
 
 TIMESTAMP_HEADER = "X-Sluice-Timestamp"
@@ -34,6 +36,8 @@ REPOSITORY_ANNOTATION = "sluice.dev/image-repository"
 TAG_PATTERN_ANNOTATION = "sluice.dev/image-tag-pattern"
 CONTAINER_ANNOTATION = "sluice.dev/image-container"
 
+_RE2_OPTIONS = re2.Options()
+_RE2_OPTIONS.log_errors = False  # an invalid pattern is reported as the reason a Rollout is skipped, not logged
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 _TIMESTAMP = re.compile(r"[0-9]{1,15}")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")  # the OCI distribution spec's tag grammar
@@ -241,7 +245,8 @@ def target_container(rollout: Mapping[str, Any], push: Push) -> tuple[str, str] 
     wanted, pattern = annotations.get(REPOSITORY_ANNOTATION), annotations.get(TAG_PATTERN_ANNOTATION)
     if not wanted or pattern is None or normalise_repository(wanted) != push.repository:
         return None
-    if _pattern_error(pattern) is not None or re.fullmatch(pattern, push.tag) is None:
+    compiled = _tag_pattern(pattern)
+    if compiled is None or compiled.fullmatch(push.tag) is None:
         return None
     containers = ((((rollout.get("spec") or {}).get("template") or {}).get("spec") or {}).get("containers")) or []
     named = annotations.get(CONTAINER_ANNOTATION)
@@ -278,7 +283,11 @@ def plan_updates(rollouts: Iterable[Mapping[str, Any]], push: Push) -> Plan:
     for rollout in rollouts:
         meta = rollout.get("metadata") or {}
         ref = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
-        target = target_container(rollout, push)
+        try:
+            target = target_container(rollout, push)
+        except (AttributeError, KeyError, TypeError):  # a pod template the CRD let through but no container reads
+            ignored.append((ref, "its pod template's containers are not readable"))
+            continue
         if target is None:
             ignored.append((ref, _why_not(rollout, push)))
             continue
@@ -294,7 +303,8 @@ def _why_not(rollout: Mapping[str, Any], push: Push) -> str:
         return "another repository"
     if (error := _pattern_error(annotations[TAG_PATTERN_ANNOTATION])) is not None:
         return f"invalid {TAG_PATTERN_ANNOTATION}: {error}"
-    if re.fullmatch(annotations[TAG_PATTERN_ANNOTATION], push.tag) is None:
+    compiled = _tag_pattern(annotations[TAG_PATTERN_ANNOTATION])
+    if compiled is None or compiled.fullmatch(push.tag) is None:
         return f"tag {push.tag} does not match {TAG_PATTERN_ANNOTATION}"
     if annotations.get(CONTAINER_ANNOTATION):
         return f"no container {annotations[CONTAINER_ANNOTATION]}"
@@ -303,7 +313,21 @@ def _why_not(rollout: Mapping[str, Any], push: Push) -> str:
 
 def _pattern_error(pattern: str) -> str | None:
     try:
-        re.compile(pattern)
-    except re.error as exc:
-        return str(exc)
+        re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error as exc:
+        return str(exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc)
     return None
+
+
+def _tag_pattern(pattern: object) -> Any:
+    """The compiled tag pattern, or None when it is not a valid RE2 expression.
+
+    RE2 (linear time, no backtracking) rather than `re`: the pattern comes from a Rollout's annotation, so anyone
+    who may edit a Rollout could otherwise stall the whole controller with `(a+)+` and a long tag. RE2 refuses
+    backreferences and lookaround; such a pattern is reported as invalid."""
+    if not isinstance(pattern, str):
+        return None
+    try:
+        return re2.compile(pattern, _RE2_OPTIONS)
+    except re2.error:
+        return None

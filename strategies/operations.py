@@ -247,6 +247,11 @@ def _need_canary(r: _View, op: str) -> None:
     if not r.in_progress:
         where = f" (revision {r.stable} is stable)" if r.stable else " (the controller has not rolled it out yet)"
         raise OperationError(409, f"cannot {op} {r.name}: no canary in progress{where}")
+    if r.template_hash not in (r.canary, r.stable):
+        # The planner drops abort and promoteFull on a revision it has not started yet (they belong to the canary
+        # that was being walked): accepting them now would answer 200 and do nothing.
+        raise OperationError(409, f"cannot {op} {r.name}: the controller has not picked up revision "
+                             f"{r.template_hash} yet; retry in a moment")
 
 
 def _promote(r: _View, *, full: bool) -> Outcome:

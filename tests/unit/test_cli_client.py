@@ -347,3 +347,12 @@ def test_a_malformed_image_assignment_is_a_usage_error(api: FakeApi) -> None:
     with pytest.raises(SystemExit) as info:
         run(api, "set", "image", "web", "registry.example/web:1.4.2")
     assert info.value.code == 2
+
+
+@pytest.mark.parametrize("extra", [["--server", "http://[::1"], ["--server", "ftp://x"],
+                                   ["--server", "http://127.0.0.1:1", "--ca-file", "/no/such/ca.pem"]])
+def test_a_malformed_server_or_missing_ca_file_is_a_usage_error(extra: list[str],
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["get", "--token", "t", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sluice:") and "\n" not in err

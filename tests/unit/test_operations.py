@@ -583,3 +583,15 @@ def test_every_patch_carries_the_resource_version_it_was_decided_on() -> None:
         assert patches, op
         assert all(p.body["metadata"] == {"resourceVersion": "4242"} for p in patches), op
     assert len(STEPS) == 4  # the states above are built on the planner tests' steps
+
+
+@pytest.mark.parametrize(("op", "params"), [("abort", {}), ("promote", {"full": True})])
+def test_abort_and_promote_wait_until_the_controller_has_picked_up_a_new_template(op: str,
+                                                                                 params: dict[str, Any]) -> None:
+    """The planner drops abort and promoteFull on a revision it has not started: 409, not a 200 that does nothing."""
+    body = rollout_body()
+    body["metadata"]["resourceVersion"] = "7"
+    body["status"] = {"stableHash": "aaaaaaaaaa", "canaryHash": "bbbbbbbbbb", "phase": "Paused"}
+    with pytest.raises(OperationError) as refused:
+        plan_operation(op, body, params, now=NOW)
+    assert refused.value.code == 409 and "not picked up" in refused.value.message

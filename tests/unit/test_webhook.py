@@ -282,3 +282,22 @@ def test_plan_updates_opted_in_rollouts_and_says_why_others_are_ignored() -> Non
     assert reasons["shop/plain"] == "not opted in"
     assert reasons["shop/broken"].startswith("invalid sluice.dev/image-tag-pattern")
     assert "does not match" in reasons["shop/old"]
+
+
+@pytest.mark.timeout(5)
+def test_a_catastrophic_tag_pattern_cannot_stall_the_controller() -> None:
+    # With backtracking regular expressions `(a+)+` against 40 a's and a '-' runs for hours; RE2 is linear.
+    rollout = {"metadata": {"annotations": {"sluice.dev/image-repository": "registry.example/web",
+                                            "sluice.dev/image-tag-pattern": "(a+)+"}},
+               "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]}}}}
+    assert target_container(rollout, Push("registry.example/web", "a" * 120 + "-")) is None
+    tag = "a" * 120
+    assert target_container(rollout, Push("registry.example/web", tag)) == ("web", f"registry.example/web:{tag}")
+
+
+def test_a_pattern_re2_cannot_run_is_reported_as_invalid() -> None:
+    rollout = {"metadata": {"namespace": "ns", "name": "web", "annotations": {
+        "sluice.dev/image-repository": "registry.example/web", "sluice.dev/image-tag-pattern": r"(1)\.\1"}},
+               "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "registry.example/web:1"}]}}}}
+    plan = plan_updates([rollout], Push("registry.example/web", "1.1"))
+    assert plan.updates == () and "invalid sluice.dev/image-tag-pattern" in plan.ignored[0][1]
