@@ -49,6 +49,7 @@ from strategies.operations import OPERATIONS, OperationError, plan_operation
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SECRET_TTL = 10.0  # seconds the webhook's HMAC key is reused before the Secret is read again (rotation delay)
 WRITE_ATTEMPTS = 3  # a write that keeps losing resourceVersion races answers 409 after this many tries
 WEBHOOK_USER = "registry webhook"
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
@@ -91,6 +92,7 @@ class ApiServer:
         # controller is told directly, or the Rollout would wait for its next resync.
         self._written = written
         self._replays = ReplayGuard()
+        self._secret: tuple[float, bytes] | None = None  # (read at, value): unsigned floods cost one GET per TTL
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
@@ -312,13 +314,19 @@ class ApiServer:
 
     # -- the registry webhook ------------------------------------------------------------------------------------
 
+    async def _webhook_secret(self, ref: str) -> bytes:
+        now = time.monotonic()
+        if self._secret is None or now - self._secret[0] > SECRET_TTL:
+            self._secret = (now, await load_secret(self._client, ref))
+        return self._secret[1]
+
     async def _registry_hook(self, request: web.Request) -> web.Response:
         if self._settings.webhook_secret is None:
             _fail(404, "the registry webhook is not enabled (sluice controller --webhook-secret NAMESPACE/NAME)")
         raw = await request.read()
         self._require_ready()
         try:
-            secret = await load_secret(self._client, self._settings.webhook_secret)
+            secret = await self._webhook_secret(self._settings.webhook_secret)
             verify_signature(secret, timestamp=request.headers.get(TIMESTAMP_HEADER),
                              signature=request.headers.get(SIGNATURE_HEADER), body=raw, now=time.time(),
                              max_skew=self._settings.webhook_max_skew_seconds, seen=self._replays)
