@@ -41,9 +41,9 @@ from fleet import app_objects
 
 from analysis.run import Measurement, parse_run_status
 from analysis.spec import MetricSpec
-from devcluster.controlplane import REPO_ROOT, ControlPlane, _Component
+from devcluster.controlplane import REPO_ROOT, Component, ControlPlane, spawn
 from devcluster.metrics_app import MetricsApp
-from devcluster.prometheus import Prometheus, spawn
+from devcluster.prometheus import Prometheus
 from rollout.analyzing import AnalysisRunner
 from rollout.cli import main as sluice
 from rollout.kube import (
@@ -218,7 +218,7 @@ class Env:
 
 
 @contextlib.contextmanager
-def _controller(env: Env, ns: str, record: Path) -> Iterator[_Component]:
+def _controller(env: Env, ns: str, record: Path) -> Iterator[Component]:
     component = spawn(f"controller-{ns}", [
         sys.executable, str(Path(__file__).resolve()), "child", str(record), "controller", "--namespace", ns,
         "--api-address", "127.0.0.1", "--api-port", "0", "--kubeconfig", env.kubeconfig, "--log-level", "warning",

@@ -42,8 +42,7 @@ import aiohttp
 from analysis_lag import _cpu_seconds, _memory_mb, _pct, _wait
 from fleet import app_objects
 
-from devcluster.controlplane import REPO_ROOT, ControlPlane, _Component
-from devcluster.prometheus import spawn
+from devcluster.controlplane import REPO_ROOT, Component, ControlPlane, spawn
 from rollout.kube import NAMESPACES, ROLLOUTS, KubeClient, Resource
 
 NAMESPACE = "bench-api"
@@ -92,7 +91,7 @@ async def _fleet(admin: KubeClient, size: int) -> list[str]:
 
 
 @contextlib.asynccontextmanager
-async def _controller(kubeconfig: str, workdir: Path) -> AsyncIterator[tuple[_Component, str]]:
+async def _controller(kubeconfig: str, workdir: Path) -> AsyncIterator[tuple[Component, str]]:
     log_path = workdir / "controller.log"
     component = spawn("controller", [
         sys.executable, "-m", "rollout", "controller", "--namespace", NAMESPACE, "--kubeconfig", kubeconfig,
@@ -170,7 +169,7 @@ async def _drive(session: aiohttp.ClientSession, load: Load, rate: float, seed: 
     return list(await asyncio.gather(*tasks))
 
 
-async def _phase(load: Load, controller: _Component, rate: float, seed: int) -> dict[str, float]:
+async def _phase(load: Load, controller: Component, rate: float, seed: int) -> dict[str, float]:
     await asyncio.sleep(CACHE_SECONDS + 1)  # every cached review from before has expired
     pid = controller.process.pid
     connector = aiohttp.TCPConnector(limit=0)  # open loop: never queue behind a connection limit

@@ -32,11 +32,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import IO, Any, Self
 
 import yaml
 
@@ -122,7 +122,9 @@ class ApiClient:
 
 
 @dataclass
-class _Component:
+class Component:
+    """A process devcluster started (a control-plane component, Prometheus, a metrics app, a controller)."""
+
     name: str
     process: subprocess.Popen[bytes]
     log_path: Path
@@ -196,6 +198,24 @@ def crd_documents(paths: Iterable[Path], *, kinds: Collection[str] | None = None
     return found
 
 
+def spawn(name: str, argv: Sequence[str], *, log_path: Path, cwd: Path, stdout: int | IO[bytes] | None = None,
+          env: Mapping[str, str] | None = None) -> Component:
+    """Start a process with its output (stdout too unless given) appended to `log_path`.
+
+    setpriv --pdeathsig: if this Python process dies without stopping it (SIGKILL), the process gets SIGTERM
+    instead of running on forever. (Linux ties it to the starting thread: a start from a thread that ends before
+    the stop would end the process with it.) Its own session keeps a terminal's Ctrl-C away from it, so the caller
+    alone decides the shutdown order, and stop() signals its whole process group.
+    """
+    prefix = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
+    with log_path.open("ab") as log_file:
+        process = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL,
+                                   stdout=log_file if stdout is None else stdout, stderr=log_file, cwd=cwd,
+                                   env=None if env is None else dict(env), start_new_session=True)
+    log.debug("started %s (pid %d): %s", name, process.pid, " ".join(argv))
+    return Component(name=name, process=process, log_path=log_path)
+
+
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback ports (all held open until all are chosen, so none repeats)."""
     with contextlib.ExitStack() as stack:
@@ -233,7 +253,7 @@ class ControlPlane:
         self._server: str | None = None
         self._ca: CertificateAuthority | None = None
         self._api: ApiClient | None = None
-        self._components: list[_Component] = []
+        self._components: list[Component] = []
         self._kubeconfig_ids = itertools.count()
 
     # -- public surface -------------------------------------------------------------------------------------------
@@ -412,20 +432,10 @@ class ControlPlane:
             self._wait(f"{name} to be healthy", functools.partial(_healthz_ok, port), culprit=name)
 
     def _launch(self, name: str, argv: Sequence[str], *, home: Path | None = None) -> None:
-        log_path = self.log_path(name)
-        # setpriv --pdeathsig: if this Python process dies without running stop() (SIGKILL), the component gets
-        # SIGTERM instead of running on forever. (Linux ties it to the starting thread: start() from a thread that
-        # ends before stop() would end the components with it.) Its own session keeps a terminal's Ctrl-C away from
-        # it, so stop() alone decides the shutdown order.
-        prefix = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         if home is not None:
             env["HOME"] = str(home)
-        with log_path.open("ab") as log_file:
-            process = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL, stdout=log_file,
-                                       stderr=subprocess.STDOUT, cwd=self.workdir, env=env, start_new_session=True)
-        self._components.append(_Component(name=name, process=process, log_path=log_path))
-        log.debug("started %s (pid %d): %s", name, process.pid, " ".join(argv))
+        self._components.append(spawn(name, argv, log_path=self.log_path(name), cwd=self.workdir, env=env))
 
     def _wait(self, what: str, probe: Callable[[], bool], *, culprit: str | None = None) -> None:
         """Poll `probe` until true, checking that every component is still alive; on timeout show the log of

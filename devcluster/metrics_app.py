@@ -45,8 +45,8 @@ from typing import Any, Protocol, Self
 import prometheus_client
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 
-from devcluster.controlplane import _Component
-from devcluster.prometheus import Prometheus, spawn
+from devcluster.controlplane import Component, spawn
+from devcluster.prometheus import Prometheus
 
 # Down to 5 ms so a healthy loopback service is distinguishable from a slow one; up to 10 s for injected latency.
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -263,7 +263,7 @@ class MetricsApp:
         self._given_log_path = log_path
         self._tempdir: Path | None = None
         self._timeout = startup_timeout
-        self._component: _Component | None = None
+        self._component: Component | None = None
         self._port: int | None = None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxies
 
@@ -350,7 +350,7 @@ class MetricsApp:
                  tb: TracebackType | None) -> None:
         self.stop()
 
-    def _read_port(self, component: _Component) -> int:
+    def _read_port(self, component: Component) -> int:
         stdout = component.process.stdout
         assert stdout is not None
         with selectors.DefaultSelector() as selector:
@@ -362,7 +362,7 @@ class MetricsApp:
                                   f"the end of its log:\n{component.tail()}")
         return int(line)
 
-    def _wait_healthy(self, component: _Component) -> None:
+    def _wait_healthy(self, component: Component) -> None:
         deadline = time.monotonic() + self._timeout
         while True:
             code = component.process.poll()

@@ -21,18 +21,17 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any, Self
+from typing import Any, Self
 
-from devcluster.controlplane import REPO_ROOT, _Component, free_ports
+from devcluster.controlplane import REPO_ROOT, Component, free_ports, spawn
 
 PROMETHEUS_BIN_ENV = "SLUICE_PROMETHEUS_BIN"
 INSTALL_SCRIPT = REPO_ROOT / "hack" / "install-prometheus.sh"
@@ -61,20 +60,6 @@ def prometheus_binary() -> str:
     return found
 
 
-def spawn(name: str, argv: Sequence[str], *, log_path: Path, cwd: Path,
-          stdout: int | IO[bytes] | None = None) -> _Component:
-    """Start a helper process the way ControlPlane starts its components: stderr (and stdout unless given) appended
-    to `log_path`, its own session (so stop() signals its whole group and a terminal's Ctrl-C does not), and
-    `setpriv --pdeathsig` so it gets SIGTERM if this Python process dies without stopping it."""
-    prefix = ["setpriv", "--pdeathsig", "TERM", "--"] if shutil.which("setpriv") else []
-    with log_path.open("ab") as log_file:
-        process = subprocess.Popen([*prefix, *argv], stdin=subprocess.DEVNULL,
-                                   stdout=log_file if stdout is None else stdout, stderr=log_file, cwd=cwd,
-                                   start_new_session=True)
-    log.debug("started %s (pid %d): %s", name, process.pid, " ".join(argv))
-    return _Component(name=name, process=process, log_path=log_path)
-
-
 class Prometheus:
     """The `prometheus` binary on 127.0.0.1:<port>, scraping the targets added with add_target().
 
@@ -88,7 +73,7 @@ class Prometheus:
         self._workdir: Path | None = None
         self._port: int | None = None
         self._targets: dict[str, dict[str, str]] = {}
-        self._component: _Component | None = None
+        self._component: Component | None = None
         self._timeout = startup_timeout
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback: no proxies
 
