@@ -52,11 +52,12 @@ class _HeaderError(Exception):
 
 class AnalysisRunner:
     def __init__(self, client: KubeClient, *, runs: Store, settings: AnalysisSettings,
-                 phase_changed: Callable[[Body], None] = lambda _body: None, metrics: Metrics | None = None) -> None:
+                 record: Callable[[Body], None] | None = None, metrics: Metrics | None = None) -> None:
         self._client = client
         self._metrics = metrics
-        # Our own writes go into the store, so the informer will not report them: the Rollout is told directly.
-        self._phase_changed = phase_changed
+        # A status we wrote goes to the runs' informer (Informer.record): into the store and reported like any
+        # change, so the owning Rollout hears of a new phase at once.
+        self._record = record or runs.put
         self._runs = runs
         self._settings = settings
         self._providers: dict[str, Provider] = {}
@@ -161,9 +162,8 @@ class AnalysisRunner:
                                                subresource="status", patch={"status": wanted})
         except NotFound:
             return  # deleted meanwhile (its Rollout pruned it, or went away)
-        self._runs.put(patched)
+        self._record(patched)
         if after.phase != current.get("phase"):
-            self._phase_changed(patched)
             rollout = (meta.get("labels") or {}).get(ROLLOUT_LABEL, "")
             level = logging.WARNING if after.phase in ("Failed", "Error", "Inconclusive") else logging.INFO
             log.log(level, "AnalysisRun %s/%s: %s%s", meta["namespace"], meta["name"], after.phase,

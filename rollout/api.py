@@ -77,7 +77,7 @@ class ApiServer:
     def __init__(self, client: KubeClient, *, settings: ApiSettings, rollouts: Store, replica_sets: Store,
                  analysis_runs: Store, reviewer: Reviewer, metrics: Metrics, reporter: Reporter,
                  ready: Callable[[], bool], namespaces: tuple[str, ...] = (),
-                 written: Callable[[Body], None] = lambda _body: None) -> None:
+                 record: Callable[[Body], None] | None = None) -> None:
         self._client = client
         self._settings = settings
         self._rollouts = rollouts
@@ -88,9 +88,9 @@ class ApiServer:
         self._reporter = reporter
         self._ready = ready
         self._namespaces = namespaces
-        # Our writes go into the store (a read right after sees them), so the informer will not report them: the
-        # controller is told directly, or the Rollout would wait for its next resync.
-        self._written = written
+        # A Rollout we wrote goes to its informer (Informer.record): a read right after sees it, and the controller
+        # hears of it as of any change (not only at its next resync).
+        self._record = record or rollouts.put
         self._replays = ReplayGuard()
         self._secret: tuple[float, bytes] | None = None  # (read at, value): unsigned floods cost one GET per TTL
         self._runner: web.AppRunner | None = None
@@ -304,8 +304,7 @@ class ApiServer:
                     _fail(409, f"{ns}/{name} kept changing while {op} was applied; try again")
                 continue
             if outcome.patches:
-                self._rollouts.put(body)
-                self._written(body)
+                self._record(body)
                 await self._reporter.emit(body, (Event("OperationRequested",
                                                        f"{outcome.summary} requested by {who} via the sluice API"),),
                                           context={"rollout": f"{ns}/{name}", "decision": f"Operation:{op}"})

@@ -62,14 +62,14 @@ def replica_set_name(rollout_name: str, hash_: str) -> str:
 
 class Applier:
     def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter, replica_sets: Store,
-                 analysis_runs: Store, run_written: Callable[[Body], None] = lambda _body: None) -> None:
+                 analysis_runs: Store, record_run: Callable[[Body], None] | None = None) -> None:
         self._client = client
         self._rollout = rollout
         self._router = router
         self._replica_sets = replica_sets
         self._analysis_runs = analysis_runs
-        # Our own writes go into the store, so the informer will not report them: tell the run workers directly.
-        self._run_written = run_written
+        # A run we wrote goes to its informer (Informer.record): into the store and reported like any change.
+        self._record_run = record_run or analysis_runs.put
         self._namespace = str(rollout["metadata"]["namespace"])
         self._handlers: dict[type[Any], Callable[[Any], Awaitable[None]]] = {
             CreateReplicaSet: self._create,
@@ -204,8 +204,7 @@ class Applier:
                 raise ApiError(status=409, reason="AlreadyExists", message=(
                     f"AnalysisRun {self._namespace}/{action.name} exists and is not controlled by this Rollout; "
                     "delete it so sluice can create its own")) from None
-        self._analysis_runs.put(created)
-        self._run_written(created)
+        self._record_run(created)
 
     async def _terminate_run(self, action: TerminateAnalysisRun) -> None:
         try:
@@ -213,8 +212,7 @@ class Applier:
                                                patch={"spec": {"terminate": True}})
         except NotFound:
             return
-        self._analysis_runs.put(patched)
-        self._run_written(patched)
+        self._record_run(patched)
 
     async def _delete_run(self, action: DeleteAnalysisRun) -> None:
         with contextlib.suppress(NotFound):

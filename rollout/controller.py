@@ -39,22 +39,24 @@ class Controller:
         self.analysis_queue = WorkQueue(QueueSettings(error_backoff=settings.analysis.error_backoff))
         self._runs_seen: dict[ObjectKey, tuple[Any, Any]] = {}  # generation and phase, as last reported
         self._client = client
+        rollout_informer = Informer(client, ROLLOUTS, namespaces=settings.namespaces, settings=settings.watch,
+                                    store=self.rollouts, on_change=self._rollout_changed)
+        run_informer = Informer(client, ANALYSISRUNS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
+                                settings=settings.watch, store=self.analysis_runs, on_change=self._analysis_run_changed)
         self._informers = (
-            Informer(client, ROLLOUTS, namespaces=settings.namespaces, settings=settings.watch, store=self.rollouts,
-                     on_change=self._rollout_changed),
+            rollout_informer,
             Informer(client, REPLICASETS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
                      settings=settings.watch, store=self.replica_sets, on_change=self._replica_set_changed),
-            Informer(client, ANALYSISRUNS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
-                     settings=settings.watch, store=self.analysis_runs, on_change=self._analysis_run_changed),
+            run_informer,
         )
         self.metrics = Metrics(self.rollouts)
         reporter = Reporter(client, component=settings.controller_name)
         self._reconciler = Reconciler(client, rollouts=self.rollouts, replica_sets=self.replica_sets,
                                       analysis_runs=self.analysis_runs, reporter=reporter, metrics=self.metrics,
                                       resync=settings.queue.resync_seconds,
-                                      run_written=lambda body: self.analysis_queue.add(ObjectKey.of(body)))
+                                      record_run=run_informer.record)
         self._runner = AnalysisRunner(client, runs=self.analysis_runs, settings=settings.analysis,
-                                      phase_changed=self._wake_owner, metrics=self.metrics)
+                                      record=run_informer.record, metrics=self.metrics)
         self.api: ApiServer | None = None
         if settings.api is not None:
             reviewer = Reviewer(client, cache_seconds=settings.api.review_cache_seconds,
@@ -63,7 +65,7 @@ class Controller:
                                  replica_sets=self.replica_sets, analysis_runs=self.analysis_runs, reviewer=reviewer,
                                  metrics=self.metrics, reporter=reporter, ready=self.ready,
                                  namespaces=settings.namespaces,
-                                 written=lambda body: self.queue.add(ObjectKey.of(body)))
+                                 record=rollout_informer.record)
 
     def ready(self) -> bool:
         """The watches have listed once: the caches the workers and the API read from are filled."""

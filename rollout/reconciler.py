@@ -58,14 +58,14 @@ class StatusConflict(Exception):
 
 class Reconciler:
     def __init__(self, client: KubeClient, *, rollouts: Store, replica_sets: Store, analysis_runs: Store,
-                 reporter: Reporter, resync: float, run_written: Callable[[Body], None] = lambda _body: None,
+                 reporter: Reporter, resync: float, record_run: Callable[[Body], None] | None = None,
                  metrics: Metrics | None = None) -> None:
         self._client = client
         self._metrics = metrics
         self._rollouts = rollouts
         self._replica_sets = replica_sets
         self._analysis_runs = analysis_runs
-        self._run_written = run_written
+        self._record_run = record_run
         self._reporter = reporter
         self._resync = resync
 
@@ -126,7 +126,7 @@ class Reconciler:
             "decision": decision.summary,
         }
         applier = Applier(self._client, rollout=body, router=router, replica_sets=self._replica_sets,
-                          analysis_runs=self._analysis_runs, run_written=self._run_written)
+                          analysis_runs=self._analysis_runs, record_run=self._record_run)
         for action in decision.actions:
             await applier.apply(action)
             reason, message = action.describe()

@@ -235,6 +235,14 @@ class Informer:
             self.synced.set()
         return version
 
+    def record(self, obj: Body) -> None:
+        """An object as one of our own writes returned it: into the store at once (the next read sees it) and
+        reported as the watch event it is, which then arrives to an up-to-date store and reports nothing. A writer
+        whose change others must act on (the API's operations, new runs, run results) calls this rather than
+        `store.put`, so it reaches `on_change` as anyone else's change would; the reconciler's writes about the
+        Rollout it is reconciling use `store.put`, since it is the one that acts on them."""
+        self._apply("MODIFIED" if ObjectKey.of(obj) in self.store else "ADDED", obj)
+
     def _apply(self, event_type: str, obj: Body) -> ResourceVersion | None:
         """Apply one event to the store and report it if the store changed; returns the version to resume from."""
         version = _resource_version(obj)

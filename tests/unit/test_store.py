@@ -265,3 +265,20 @@ async def test_cluster_scoped_resources_are_watched_once(namespaces: tuple[str, 
     async with running(inf):
         await asyncio.wait_for(inf.synced.wait(), 1)
     assert client.list_calls == [None]
+
+
+async def test_our_own_write_is_reported_once_whether_recorded_or_watched_first() -> None:
+    recorder = Recorder()
+    client = FakeClient(lists=[([obj("a", "5")], "10")],
+                        watches=[[("MODIFIED", obj("a", "11")), ("ADDED", obj("b", "12"))]])
+    inf = informer(client, recorder)
+    inf.record(obj("a", "11"))  # the answer to our PATCH, before its watch event
+    inf.record(obj("b", "12"))  # the answer to our CREATE
+    assert recorder.events == [("ADDED", "a", "11"), ("ADDED", "b", "12")]
+    async with running(inf):
+        await eventually(lambda: inf.synced.is_set())
+        await eventually(lambda: ObjectKey("ns", "b") in inf.store)
+    # The list (older) and the watch events (the same versions) find the store up to date: nothing more reported.
+    assert recorder.events == [("ADDED", "a", "11"), ("ADDED", "b", "12")]
+    inf.record(obj("b", "13"))
+    assert recorder.events[-1] == ("MODIFIED", "b", "13")
