@@ -27,17 +27,16 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from fleet import app_objects
+from fleet import app_objects, cpu_seconds, memory_mb, percentile, wait_until
 
 from analysis.run import Measurement, parse_run_status
 from analysis.spec import MetricSpec
@@ -59,7 +58,6 @@ from strategies.model import ROLLOUT_LABEL
 
 INTERVAL = 5  # seconds between measurements of every run
 LOAD_APPS = 3  # metrics apps the load runs query, round-robin
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 # -- child mode: the controller, recording every measurement ---------------------------------------------------------
@@ -118,28 +116,6 @@ def _canary_weight(vs: Body) -> int | None:
 # -- measuring ----------------------------------------------------------------------------------------------------
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime (fields 14 and 15 of stat(5))
-
-
-def _memory_mb(pid: int) -> dict[str, float]:
-    values = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            values[key] = int(rest.split()[0]) / 1024
-    return values
-
-
-def _pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile; NaN for no values."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
 @dataclass
 class Probes:
     """When each probe Rollout's canary weight reached 0 after the flip (watch on VirtualServices)."""
@@ -157,14 +133,6 @@ class Probes:
                 self.weight_zero_at[name] = time.time()
 
 
-async def _wait(what: str, within: float, check: Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} after {within:g}s")
-        await asyncio.sleep(0.5)
-
-
 async def _set_up_probes(admin: KubeClient, ns: str, prometheus: Prometheus, app: MetricsApp,
                          count: int) -> Probes:
     """Probe Rollouts walked to their analysis step (canary at 50 %, a run measuring the probe app)."""
@@ -176,7 +144,7 @@ async def _set_up_probes(admin: KubeClient, ns: str, prometheus: Prometheus, app
         result = await asyncio.to_thread(prometheus.query, query)
         return bool(result) and float(result[0]["value"][1]) == 0.0
 
-    await _wait("the probe app's error ratio not back to 0", 60, healthy)
+    await wait_until("the probe app's error ratio not back to 0", 60, healthy)
     await admin.create(ANALYSISTEMPLATES, template, namespace=ns)
     for name in probes.names:
         steps: list[dict[str, Any]] = [{"setWeight": 50}, {"analysis": {"templates": [{"templateName": "probe"}]}}]
@@ -187,7 +155,7 @@ async def _set_up_probes(admin: KubeClient, ns: str, prometheus: Prometheus, app
         items, _ = await admin.list(ROLLOUTS, namespace=ns)
         return sum(1 for ro in items if (ro.get("status") or {}).get("phase") == want) == count
 
-    await _wait("probe Rollouts not Healthy", 60, lambda: phases("Healthy"))
+    await wait_until("probe Rollouts not Healthy", 60, lambda: phases("Healthy"))
     for name in probes.names:
         await admin.patch(ROLLOUTS, name=name, namespace=ns, patch_type="json", patch=[
             {"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "registry.example/app:2"}])
@@ -198,7 +166,7 @@ async def _set_up_probes(admin: KubeClient, ns: str, prometheus: Prometheus, app
         return (sum(1 for ro in items if (ro.get("status") or {}).get("currentStepIndex") == 1) == count
                 and len(runs) == count)
 
-    await _wait("probe Rollouts not at their analysis step", 60, at_analysis)
+    await wait_until("probe Rollouts not at their analysis step", 60, at_analysis)
     return probes
 
 
@@ -245,13 +213,13 @@ async def _case(admin: KubeClient, env: Env, ns: str, runs: int) -> dict[str, fl
                 await admin.create(ANALYSISRUNS, _load_run(f"load{i}", env.prometheus.url, app), namespace=ns)
                 created[f"load{i}"] = time.time()
             pid = controller.process.pid
-            cpu0, wall0 = _cpu_seconds(pid), time.time()
+            cpu0, wall0 = cpu_seconds(pid), time.time()
             await asyncio.sleep(env.duration / 2)
             env.probe_app.set(error_rate=1.0)
             probes.flipped_at = time.time()
             await asyncio.sleep(env.duration / 2)
-            cpu1, wall1 = _cpu_seconds(pid), time.time()
-            memory = _memory_mb(pid)
+            cpu1, wall1 = cpu_seconds(pid), time.time()
+            memory = memory_mb(pid)
             controller.check_alive()
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
@@ -279,9 +247,10 @@ def _summary(records: list[list[Any]], created: dict[str, float], probes: Probes
     return {
         "runs": len(created), "measurements in window": len(in_window),
         "error measurements": sum(1 for r in in_window if r[5] == "Error"),
-        "lag p50 s": _pct(lags, 50), "lag p99 s": _pct(lags, 99), "lag max s": max(lags, default=float("nan")),
-        "create->first p50 s": _pct(first, 50), "create->first p99 s": _pct(first, 99),
-        "query p50 s": _pct(queries, 50), "query p99 s": _pct(queries, 99),
+        "lag p50 s": percentile(lags, 50), "lag p99 s": percentile(lags, 99),
+        "lag max s": max(lags, default=float("nan")),
+        "create->first p50 s": percentile(first, 50), "create->first p99 s": percentile(first, 99),
+        "query p50 s": percentile(queries, 50), "query p99 s": percentile(queries, 99),
         "cpu % of a core": 100 * cpu / (end - start),
         "cpu ms/measurement": 1000 * cpu / max(len(in_window), 1),
         "rss MB": memory.get("VmRSS", float("nan")), "peak rss MB": memory.get("VmHWM", float("nan")),

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-from analysis_lag import _cpu_seconds, _memory_mb, _pct, _wait
-from fleet import app_objects
+from fleet import app_objects, cpu_seconds, memory_mb, percentile, wait_until
 
 from devcluster.controlplane import REPO_ROOT, Component, ControlPlane, spawn
 from rollout.kube import NAMESPACES, ROLLOUTS, KubeClient, Resource
@@ -86,7 +85,7 @@ async def _fleet(admin: KubeClient, size: int) -> list[str]:
         items, _ = await admin.list(ROLLOUTS, namespace=NAMESPACE)
         return sum(1 for ro in items if (ro.get("status") or {}).get("phase") == "Healthy") == size
 
-    await _wait(f"{size} Rollouts not Healthy", 60 + size, healthy)
+    await wait_until(f"{size} Rollouts not Healthy", 60 + size, healthy)
     return names
 
 
@@ -107,7 +106,7 @@ async def _controller(kubeconfig: str, workdir: Path) -> AsyncIterator[tuple[Com
             url = found[-1] if found else ""
             return bool(url)
 
-        await _wait("the operator API not listening", 60, listening)
+        await wait_until("the operator API not listening", 60, listening)
         yield component, url
     finally:
         component.stop(grace=10.0)
@@ -176,13 +175,13 @@ async def _phase(load: Load, controller: Component, rate: float, seed: int) -> d
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         reviews0 = await _reviews(session, load.url)
-        cpu0, own0, wall0 = _cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
+        cpu0, own0, wall0 = cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
         outcomes = await _drive(session, load, rate, seed)
-        cpu1, own1, wall1 = _cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
+        cpu1, own1, wall1 = cpu_seconds(pid), _own_cpu_seconds(), time.monotonic()
         reviews1 = await _reviews(session, load.url)
     controller.check_alive()
     return _summary(outcomes, reviews1 - reviews0, window=wall1 - wall0, cpu=cpu1 - cpu0, own_cpu=own1 - own0,
-                    rss=_memory_mb(pid).get("VmRSS", float("nan")))
+                    rss=memory_mb(pid).get("VmRSS", float("nan")))
 
 
 def _own_cpu_seconds() -> float:
@@ -199,11 +198,12 @@ def _summary(outcomes: list[Outcome], reviews: Counter[str], *, window: float, c
     summary = {
         "requests": done, "achieved req/s": done / window,
         "non-200": sum(1 for o in outcomes if o.code != "200"),
-        "p50 ms": 1000 * _pct(latencies(), 50), "p99 ms": 1000 * _pct(latencies(), 99),
+        "p50 ms": 1000 * percentile(latencies(), 50), "p99 ms": 1000 * percentile(latencies(), 99),
         "max ms": 1000 * max(latencies(), default=float("nan")),
-        "get p50 ms": 1000 * _pct(latencies("get"), 50), "get p99 ms": 1000 * _pct(latencies("get"), 99),
-        "list p50 ms": 1000 * _pct(latencies("list"), 50), "list p99 ms": 1000 * _pct(latencies("list"), 99),
-        "send lag p99 ms": 1000 * _pct([o.send_lag for o in outcomes], 99),
+        "get p50 ms": 1000 * percentile(latencies("get"), 50), "get p99 ms": 1000 * percentile(latencies("get"), 99),
+        "list p50 ms": 1000 * percentile(latencies("list"), 50),
+        "list p99 ms": 1000 * percentile(latencies("list"), 99),
+        "send lag p99 ms": 1000 * percentile([o.send_lag for o in outcomes], 99),
     }
     for kind in REVIEW_KINDS:
         summary[f"{kind}s"] = reviews[kind]
