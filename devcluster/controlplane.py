@@ -8,8 +8,10 @@ kubelets, so the whole thing runs on a laptop or CI worker without containers or
 
 `hack/build-control-plane.sh` builds the pinned binaries into a cache (or points at `SLUICE_K8S_BIN_DIR`); this
 module runs them on free loopback ports in a fresh temp dir, creates the fake nodes and installs the CRDs
-(`charts/sluice/crds/` plus Istio's VirtualService and DestinationRule from the `istio.io/api` Go module). `certs`
-makes the PKI. Talking to the API server uses stdlib `urllib` with a client certificate: there is no kubectl here.
+(`charts/sluice/crds/`, and the upstream CRDs of the traffic routers from their pinned Go modules: Istio's
+VirtualService and DestinationRule from `istio.io/api`, Gateway API's standard channel from `sigs.k8s.io/gateway-api`,
+SMI's TrafficSplit from `smi-sdk-go`, converted from the apiextensions v1beta1 it was written in). `certs` makes the
+PKI. Talking to the API server uses stdlib `urllib` with a client certificate: there is no kubectl here.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
+import copy
 import functools
 import itertools
 import json
@@ -48,6 +51,13 @@ CHART_CRDS = REPO_ROOT / "charts" / "sluice" / "crds"
 ISTIO_API_MODULE = "istio.io/api@v1.32.0"  # keep in step with ISTIO_API_VERSION in hack/build-control-plane.sh
 ISTIO_CRD_FILE = "kubernetes/customresourcedefinitions.gen.yaml"
 ISTIO_KINDS = frozenset({"VirtualService", "DestinationRule"})
+# Keep these in step with GATEWAY_API_VERSION and SMI_SDK_VERSION in hack/build-control-plane.sh.
+GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api@v1.6.3"
+GATEWAY_API_CRD_DIR = "config/crd/standard"
+GATEWAY_API_KINDS = frozenset({"HTTPRoute", "Gateway", "GatewayClass", "ReferenceGrant"})
+SMI_SDK_MODULE = "github.com/servicemeshinterface/smi-sdk-go@v0.5.0"  # the only version the Go proxy serves
+SMI_CRD_FILE = "crds/split.yaml"
+SMI_KINDS = frozenset({"TrafficSplit"})
 KWOK_MODULE = "sigs.k8s.io/kwok@v0.8.0"  # keep in step with KWOK_VERSION in hack/build-control-plane.sh
 # Stand-alone kwok simulates nothing without Stages; these are the ones kwokctl configures by default (nodes become
 # Ready and keep their Lease fresh; pods become Running+Ready, complete, and are deleted without a kubelet).
@@ -180,6 +190,17 @@ def istio_crd_file(*, cwd: Path | None = None) -> Path:
     return go_module_dir(ISTIO_API_MODULE, cwd=cwd) / ISTIO_CRD_FILE
 
 
+def gateway_api_crd_files(*, cwd: Path | None = None) -> list[Path]:
+    """Gateway API's standard-channel CRD files (not the ValidatingAdmissionPolicy that guards upgrades)."""
+    directory = go_module_dir(GATEWAY_API_MODULE, cwd=cwd) / GATEWAY_API_CRD_DIR
+    return sorted(p for p in directory.glob("*.yaml") if not p.name.endswith("_vap_safeupgrades.yaml"))
+
+
+def smi_crd_file(*, cwd: Path | None = None) -> Path:
+    """SMI's CRDs (TrafficSplit among them), in apiextensions v1beta1: install them through `crd_to_v1`."""
+    return go_module_dir(SMI_SDK_MODULE, cwd=cwd) / SMI_CRD_FILE
+
+
 def chart_crd_files() -> list[Path]:
     """The chart's CRDs (the single source of truth for sluice's own kinds); none yet is not an error."""
     return sorted(CHART_CRDS.glob("*.yaml")) if CHART_CRDS.is_dir() else []
@@ -196,6 +217,48 @@ def crd_documents(paths: Iterable[Path], *, kinds: Collection[str] | None = None
                 doc.pop("status", None)
                 found.append(doc)
     return found
+
+
+def crd_to_v1(doc: Json) -> Json:
+    """An apiextensions.k8s.io/v1beta1 CustomResourceDefinition rewritten as v1, which is all API servers accept
+    since 1.22; any other document comes back as it is.
+
+    v1 wants per version what v1beta1 allowed at the top: the schema (whose root must say `type: object`), the
+    printer columns (`jsonPath`, not `JSONPath`) and the subresources. `version` and `validation` go; served and
+    storage flags stay. v1beta1 kept unknown fields unless `preserveUnknownFields: false`; v1 says so in the schema.
+    """
+    if doc.get("apiVersion") != "apiextensions.k8s.io/v1beta1":
+        return doc
+    out = copy.deepcopy(doc)
+    out["apiVersion"] = "apiextensions.k8s.io/v1"
+    spec = out["spec"]
+    schema = (spec.pop("validation", None) or {}).get("openAPIV3Schema") or {}
+    columns = spec.pop("additionalPrinterColumns", None)
+    subresources = spec.pop("subresources", None)
+    version = spec.pop("version", None)
+    preserve = spec.pop("preserveUnknownFields", True)
+    versions = spec.get("versions") or [{"name": version, "served": True, "storage": True}]
+    for entry in versions:
+        own = copy.deepcopy((entry.pop("schema", None) or {}).get("openAPIV3Schema") or schema)
+        own.setdefault("type", "object")
+        if preserve:
+            own.setdefault("x-kubernetes-preserve-unknown-fields", True)
+        entry["schema"] = {"openAPIV3Schema": own}
+        own_columns = entry.pop("additionalPrinterColumns", None) or columns
+        if own_columns:
+            entry["additionalPrinterColumns"] = [
+                {("jsonPath" if k == "JSONPath" else k): v for k, v in column.items()} for column in own_columns
+            ]
+        if entry.get("subresources") or subresources:
+            entry["subresources"] = copy.deepcopy(entry.get("subresources") or subresources)
+    spec["versions"] = versions
+    conversion = spec.get("conversion") or {}
+    if conversion.get("strategy") == "Webhook":
+        spec["conversion"] = {"strategy": "Webhook", "webhook": {
+            "clientConfig": conversion.get("webhookClientConfig") or {},
+            "conversionReviewVersions": conversion.get("conversionReviewVersions") or ["v1beta1"],
+        }}
+    return out
 
 
 def spawn(name: str, argv: Sequence[str], *, log_path: Path, cwd: Path, stdout: int | IO[bytes] | None = None,
@@ -305,8 +368,12 @@ class ControlPlane:
         Returns the CRD names. Server-side apply because some upstream CRDs exceed the 256 KiB annotation that
         client-side apply needs.
         """
+        return self.install_crd_documents(crd_documents(paths, kinds=kinds))
+
+    def install_crd_documents(self, docs: Iterable[Json]) -> list[str]:
+        """Server-side apply CRD documents (apiextensions v1); wait until all are Established. Returns their names."""
         names = []
-        for doc in crd_documents(paths, kinds=kinds):
+        for doc in docs:
             name = doc["metadata"]["name"]
             self.api.request(
                 "PATCH",
@@ -333,8 +400,7 @@ class ControlPlane:
             self._write_pki()
             self._start_components(bin_dir)
             self._create_nodes()
-            self.install_crds(chart_crd_files())
-            self.install_crds([istio_crd_file(cwd=self._workdir)], kinds=ISTIO_KINDS)
+            self.install_crd_documents(self._crds())
         except BaseException:
             self.stop()
             raise
@@ -359,6 +425,16 @@ class ControlPlane:
         self.stop()
 
     # -- start-up -------------------------------------------------------------------------------------------------
+
+    def _crds(self) -> list[Json]:
+        """sluice's CRDs and the routers' upstream ones, installed in one batch (one wait for Established)."""
+        cwd = self.workdir
+        return [
+            *crd_documents(chart_crd_files()),
+            *crd_documents([istio_crd_file(cwd=cwd)], kinds=ISTIO_KINDS),
+            *crd_documents(gateway_api_crd_files(cwd=cwd), kinds=GATEWAY_API_KINDS),
+            *(crd_to_v1(doc) for doc in crd_documents([smi_crd_file(cwd=cwd)], kinds=SMI_KINDS)),
+        ]
 
     def _write_pki(self) -> None:
         pki = self.workdir / "pki"

@@ -2,7 +2,7 @@
 # Builds the real control plane the tests and the demo run on, from the Go module proxy, pinned, into a cache
 # outside the repo: kube-apiserver, kube-controller-manager, kube-scheduler (k8s.io/kubernetes through a wrapper
 # module that maps the staging modules to their v0.x versions), etcd (a wrapper calling etcdmain.Main) and kwok.
-# Also downloads the upstream CRD modules (istio.io/api) into the module cache.
+# Also downloads the upstream CRD modules (istio.io/api, sigs.k8s.io/gateway-api, smi-sdk-go) into the module cache.
 #
 # Prints the binary directory on its last line of stdout. Progress goes to stderr.
 # SLUICE_K8S_BIN_DIR=/path skips the build and uses pre-built binaries from there.
@@ -12,6 +12,8 @@ K8S_VERSION=1.37.2
 ETCD_VERSION=3.6.16
 KWOK_VERSION=0.8.0
 ISTIO_API_VERSION=1.32.0
+GATEWAY_API_VERSION=1.6.3
+SMI_SDK_VERSION=0.5.0  # the only smi-sdk-go version the Go module proxy serves
 
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 BINARIES=(kube-apiserver kube-controller-manager kube-scheduler etcd kwok)
@@ -125,5 +127,7 @@ done
 
 # Upstream CRDs come from their Go modules in the module cache.
 go mod download -json "istio.io/api@v$ISTIO_API_VERSION" >/dev/null
+go mod download -json "sigs.k8s.io/gateway-api@v$GATEWAY_API_VERSION" >/dev/null
+go mod download -json "github.com/servicemeshinterface/smi-sdk-go@v$SMI_SDK_VERSION" >/dev/null
 log "control plane ready in $BIN"
 echo "$BIN"

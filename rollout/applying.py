@@ -28,7 +28,7 @@ from rollout.kube import (
     owner_reference,
 )
 from rollout.queueing import ObjectKey
-from rollout.routers import TrafficRouter
+from rollout.routers import SubsetRouter, TrafficRouter
 from rollout.watching import Store
 from strategies.decision import (
     Action,
@@ -38,8 +38,8 @@ from strategies.decision import (
     DeleteReplicaSet,
     MarkScaleDown,
     ScaleReplicaSet,
+    SetBackend,
     SetRevision,
-    SetServiceSelector,
     SetWeight,
     TerminateAnalysisRun,
 )
@@ -51,6 +51,7 @@ from strategies.model import (
     STEP_LABEL,
     WALK_LABEL,
     SpecError,
+    describe_slot,
     format_time,
 )
 from strategies.operations import TEMPLATE_ANNOTATION
@@ -61,7 +62,7 @@ def replica_set_name(rollout_name: str, hash_: str) -> str:
 
 
 class Applier:
-    def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter, replica_sets: Store,
+    def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter | None, replica_sets: Store,
                  analysis_runs: Store, record_run: Callable[[Body], None] | None = None) -> None:
         self._client = client
         self._rollout = rollout
@@ -77,7 +78,7 @@ class Applier:
             SetRevision: self._set_revision,
             MarkScaleDown: self._mark_scale_down,
             DeleteReplicaSet: self._delete,
-            SetServiceSelector: self._set_selector,
+            SetBackend: self._set_backend,
             SetWeight: self._set_weight,
             CreateAnalysisRun: self._create_run,
             TerminateAnalysisRun: self._terminate_run,
@@ -155,17 +156,24 @@ class Applier:
         if ObjectKey(self._namespace, action.name) in self._replica_sets:
             self._replica_sets.delete({"metadata": {"namespace": self._namespace, "name": action.name}})
 
-    async def _set_selector(self, action: SetServiceSelector) -> None:
-        await self._client.patch(SERVICES, name=action.service, namespace=self._namespace,
-                                 patch={"spec": {"selector": {HASH_LABEL: action.hash}}})
+    async def _set_backend(self, action: SetBackend) -> None:
+        # The Service first: a crash between the two writes leaves the subset (which observe() reads when there is
+        # one) behind, so the next reconcile plans this action again and both end up written.
+        if action.service is not None:
+            await self._client.patch(SERVICES, name=action.service, namespace=self._namespace,
+                                     patch={"spec": {"selector": {HASH_LABEL: action.hash}}})
+        if isinstance(self._router, SubsetRouter):
+            await self._router.set_hash("stable" if action.role == "stable" else "canary", action.hash)
 
     async def _set_weight(self, action: SetWeight) -> None:
+        if self._router is None:
+            raise TypeError("SetWeight planned for a Rollout without a traffic router")
         await self._router.set_weight(action.weight)
 
     async def _create_run(self, action: CreateAnalysisRun) -> None:
         """Resolve the templates and args into the run's spec and create it. A missing template or an arg without
         a value is the user's to fix: a permanent error, reported on the Rollout and retried with backoff."""
-        what = "background analysis" if action.step is None else f"step {action.step + 1} analysis"
+        what = describe_slot(action.step)
         templates = []
         for ref in action.analysis.templates:
             resource = CLUSTERANALYSISTEMPLATES if ref.cluster else ANALYSISTEMPLATES

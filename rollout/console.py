@@ -102,12 +102,12 @@ def _weights_bar(weights: Mapping[str, Any]) -> str:
     return f"stable {stable}% [{'░' * (BAR_WIDTH - filled)}{'█' * filled}] canary {canary}%"
 
 
-def _replicas(replicas: Mapping[str, Any]) -> str:
+def _replicas(replicas: Mapping[str, Any], *, new: str = "canary") -> str:
     if not replicas:
         return "-"
     return (f"desired {_dash(replicas.get('desired'))}, "
             f"stable {_dash(replicas.get('stableAvailable'))}/{_dash(replicas.get('stable'))} available, "
-            f"canary {_dash(replicas.get('canaryAvailable'))}/{_dash(replicas.get('canary'))} available")
+            f"{new} {_dash(replicas.get('canaryAvailable'))}/{_dash(replicas.get('canary'))} available")
 
 
 def _metric_line(metric: Mapping[str, Any]) -> str:
@@ -145,12 +145,20 @@ def render_detail(view: View) -> str:
     ]
     if view.get("message"):
         lines.append(f"Message:    {' '.join(str(view['message']).split())}")
-    lines += [
-        f"Revisions:  stable {_dash(revision.get('stable'))}, canary {_canary_revision(view)}",
-        f"Images:     {', '.join(f'{c}={i}' for c, i in sorted(images.items())) or '-'}",
-        f"Weights:    {_weights_bar(view.get('weights') or {})}",
-        f"Replicas:   {_replicas(view.get('replicas') or {})}",
-    ]
+    if view.get("strategy") == "blueGreen":
+        lines += [
+            f"Strategy:   blue-green (active: stable {_dash(revision.get('stable'))}, preview: new "
+            f"{_canary_revision(view)})",
+            f"Images:     {', '.join(f'{c}={i}' for c, i in sorted(images.items())) or '-'}",
+            f"Replicas:   {_replicas(view.get('replicas') or {}, new='new')}",
+        ]
+    else:
+        lines += [
+            f"Revisions:  stable {_dash(revision.get('stable'))}, canary {_canary_revision(view)}",
+            f"Images:     {', '.join(f'{c}={i}' for c, i in sorted(images.items())) or '-'}",
+            f"Weights:    {_weights_bar(view.get('weights') or {})}",
+            f"Replicas:   {_replicas(view.get('replicas') or {})}",
+        ]
     steps = view.get("steps") or []
     if steps:
         lines += ["", f"Steps ({step_progress(view)}):", *render_steps(steps)]

@@ -78,12 +78,16 @@ EVENTS = Resource("", "v1", "events", "Event")
 NAMESPACES = Resource("", "v1", "namespaces", "Namespace", namespaced=False)
 VIRTUALSERVICES = Resource("networking.istio.io", "v1", "virtualservices", "VirtualService")
 DESTINATIONRULES = Resource("networking.istio.io", "v1", "destinationrules", "DestinationRule")
+HTTPROUTES = Resource("gateway.networking.k8s.io", "v1", "httproutes", "HTTPRoute")
+# The newest SMI version; a cluster may serve an older one, so the SMI router asks discovery and swaps the version.
+TRAFFICSPLITS = Resource("split.smi-spec.io", "v1alpha4", "trafficsplits", "TrafficSplit")
 ANALYSISRUNS = Resource("sluice.dev", "v1alpha1", "analysisruns", "AnalysisRun")
 ANALYSISTEMPLATES = Resource("sluice.dev", "v1alpha1", "analysistemplates", "AnalysisTemplate")
 CLUSTERANALYSISTEMPLATES = Resource("sluice.dev", "v1alpha1", "clusteranalysistemplates", "ClusterAnalysisTemplate",
                                     namespaced=False)
 SECRETS = Resource("", "v1", "secrets", "Secret")
 SERVICEACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 TOKENREVIEWS = Resource("authentication.k8s.io", "v1", "tokenreviews", "TokenReview", namespaced=False)
 SUBJECTACCESSREVIEWS = Resource("authorization.k8s.io", "v1", "subjectaccessreviews", "SubjectAccessReview",
                                 namespaced=False)
@@ -223,6 +227,10 @@ class KubeClient:
     async def get(self, resource: Resource, *, name: str, namespace: str | None = None,
                   subresource: str | None = None) -> Body:
         return await self._request("GET", resource.path(namespace=namespace, name=name, subresource=subresource))
+
+    async def get_path(self, path: str) -> Body:
+        """GET an API path that is not an object, such as a discovery document (`/apis/split.smi-spec.io`)."""
+        return await self._request("GET", path)
 
     async def list(self, resource: Resource, *, namespace: str | None = None, label_selector: str | None = None,
                    limit: int = 500) -> tuple[list[Body], ResourceVersion]:

@@ -1,5 +1,6 @@
 """Reads what the planner decides on: the Rollout's ReplicaSets (from the informer's store, by owner), its two
-Services and its traffic router (one GET each), as a plain `Observed` snapshot.
+Services and its traffic router (one GET each), as a plain `Observed` snapshot. Which revision each side selects comes
+from the Services' selectors, or from the router when its subsets choose the pods (Istio DestinationRule).
 
 Problems the user has to fix (a Service or VirtualService missing, selectors that select other pods) come out as one
 `SpecError` listing all of them in a fixed order, so fixing one does not reveal the next. API failures (403, 5xx)
@@ -14,10 +15,9 @@ from typing import Any, cast
 
 from rollout.kube import SERVICES, Body, KubeClient, NotFound
 from rollout.queueing import ObjectKey
-from rollout.routers import RouterError, TrafficRouter
+from rollout.routers import RouterError, SubsetRouter, TrafficRouter
 from rollout.watching import Store
 from strategies.model import (
-    BACKGROUND,
     HASH_LABEL,
     REVISION_ANNOTATION,
     SCALE_DOWN_ANNOTATION,
@@ -28,16 +28,18 @@ from strategies.model import (
     ReplicaSetState,
     Rollout,
     SpecError,
+    parse_slot,
     parse_time,
 )
 
 
-async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: TrafficRouter,
+async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: TrafficRouter | None,
                   replica_sets: Store, analysis_runs: Store, now: datetime, resync: float) -> Observed:
-    canary = rollout.spec.canary
+    """`router` is None for blue-green, whose two sides are the active and preview Services alone."""
+    stable_name, canary_name = rollout.spec.services
     results = await asyncio.gather(
-        _service(client, rollout, canary.stable_service), _service(client, rollout, canary.canary_service),
-        router.verify(), return_exceptions=True,
+        _service(client, rollout, stable_name), _service(client, rollout, canary_name),
+        router.verify() if router is not None else _nothing(), return_exceptions=True,
     )
     problems = [str(r) for r in results if isinstance(r, SpecError | RouterError)]
     if problems:
@@ -45,24 +47,37 @@ async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: T
     for result in results:
         if isinstance(result, BaseException):
             raise result
-    stable_svc, canary_svc = cast(Body, results[0]), cast(Body, results[1])
+    stable_svc, canary_svc = cast(Body | None, results[0]), cast(Body | None, results[1])
+    if isinstance(router, SubsetRouter):
+        # The subsets choose the pods that get each side's traffic: they are what the planner moves.
+        stable_hash, canary_hash = router.selected_hash("stable"), router.selected_hash("canary")
+    else:
+        stable_hash, canary_hash = _selected_hash(stable_svc), _selected_hash(canary_svc)
     return Observed(
         now=now,
         replica_sets=owned_replica_sets(replica_sets, body),
-        stable_service_hash=_selected_hash(stable_svc),
-        canary_service_hash=_selected_hash(canary_svc),
-        canary_weight=await router.current_weight(),
+        stable_service_hash=stable_hash,
+        canary_service_hash=canary_hash,
+        canary_weight=await router.current_weight() if router is not None else 0,
         resync=resync,
         analysis_runs=owned_analysis_runs(analysis_runs, body),
     )
 
 
-def _selected_hash(service: Body) -> str | None:
+async def _nothing() -> None:
+    return None
+
+
+def _selected_hash(service: Body | None) -> str | None:
+    if service is None:
+        return None
     value = ((service.get("spec") or {}).get("selector") or {}).get(HASH_LABEL)
     return str(value) if value is not None else None
 
 
-async def _service(client: KubeClient, rollout: Rollout, name: str) -> Body:
+async def _service(client: KubeClient, rollout: Rollout, name: str | None) -> Body | None:
+    if name is None:
+        return None
     try:
         service = await client.get(SERVICES, name=name, namespace=rollout.namespace)
     except NotFound as exc:
@@ -112,11 +127,10 @@ def owned_analysis_runs(store: Store, rollout: Body) -> tuple[AnalysisRunState, 
                 o.get("uid") == meta.get("uid") and o.get("controller") for o in run_meta.get("ownerReferences") or []):
             continue
         labels = run_meta.get("labels") or {}
-        step = labels.get(STEP_LABEL, BACKGROUND)
         status = run.get("status") or {}
         runs.append(AnalysisRunState(
             name=run_meta["name"], hash=str(labels.get(HASH_LABEL, "")), walk=_int(labels.get(WALK_LABEL)),
-            step=None if step == BACKGROUND else _int(step), phase=str(status.get("phase") or "Pending"),
+            step=parse_slot(labels.get(STEP_LABEL)), phase=str(status.get("phase") or "Pending"),
             message=str(status.get("message", "")), terminating=bool((run.get("spec") or {}).get("terminate")),
             created=parse_time(run_meta.get("creationTimestamp")) or datetime.min.replace(tzinfo=UTC),
         ))

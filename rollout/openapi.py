@@ -88,6 +88,8 @@ def _view_schemas() -> dict[str, Schema]:
         "RolloutView": _object({
             "namespace": {"type": "string"},
             "name": {"type": "string"},
+            "strategy": {"type": "string", "enum": ["canary", "blueGreen"],
+                         "description": "For blueGreen, canary means the new revision behind the preview Service."},
             "phase": {"type": "string",
                       "description": "status.phase (Healthy, Progressing, Paused, Degraded); Pending before the "
                                      "controller's first reconcile."},
@@ -117,7 +119,7 @@ def _view_schemas() -> dict[str, Schema]:
         ]},
         "AnalysisRunView": _object({
             "name": {"type": "string"},
-            "kind": {"type": "string", "enum": ["Step", "Background"]},
+            "kind": {"type": "string", "enum": ["Step", "Background", "PrePromotion", "PostPromotion"]},
             "step": {"type": "integer", "description": "The step index (Step runs only)."},
             "phase": {"type": "string"},
             "message": {"type": "string"},

@@ -1,4 +1,5 @@
-"""One reconcile of one Rollout: observe, decide (strategies.canary.plan), apply, write status once, report.
+"""One reconcile of one Rollout: observe, decide (strategies.canary.plan or strategies.bluegreen.plan), apply, write
+status once, report.
 
 Level-triggered: each call reads the Rollout from the informer's store and the cluster state around it
 (rollout/observing.py) and converges toward the spec; nothing needed to continue lives only in memory. Every action
@@ -30,9 +31,11 @@ from rollout.metrics import Metrics
 from rollout.observing import observe
 from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
-from rollout.routers import RouterError, TrafficRouter, make_router
+from rollout.routers import RouterError, RouterTarget, TrafficRouter, make_router
 from rollout.watching import Store
-from strategies.canary import invalid, plan
+from strategies.bluegreen import plan as plan_bluegreen
+from strategies.canary import plan
+from strategies.common import invalid
 from strategies.decision import Decision, Event, condition
 from strategies.model import Rollout, SpecError, parse_rollout, parse_status
 
@@ -110,7 +113,7 @@ class Reconciler:
             if len(rollout.name) > MAX_NAME:
                 raise SpecError(f"metadata.name: at most {MAX_NAME} characters (ReplicaSet and pod names derive "
                                 "from it)")
-            router = self._router(rollout)
+            router = self._router(rollout, body)
             observed = await observe(self._client, rollout=rollout, body=body, router=router,
                                      replica_sets=self._replica_sets, analysis_runs=self._analysis_runs, now=now,
                                      resync=self._resync)
@@ -119,7 +122,7 @@ class Reconciler:
                                message=str(exc), now=now)
             await self._finish(body, decision, context={"rollout": str(key), "decision": decision.summary})
             return Backoff(str(exc))
-        decision = plan(rollout, observed)
+        decision = plan_bluegreen(rollout, observed) if rollout.spec.blue_green else plan(rollout, observed)
         context = {
             "rollout": str(key), "revision": rollout.spec.template_hash,
             "step": decision.status.get("stepDisplay", ""), "weight": decision.status.get("canaryWeight", 0),
@@ -134,11 +137,13 @@ class Reconciler:
         await self._finish(body, decision, context=context)
         return decision.requeue_after
 
-    def _router(self, rollout: Rollout) -> TrafficRouter:
+    def _router(self, rollout: Rollout, body: Body) -> TrafficRouter | None:
+        if rollout.spec.blue_green is not None:
+            return None  # blue-green moves traffic by switching Services
         canary = rollout.spec.canary
-        return make_router(canary.traffic_routing.router, self._client, namespace=rollout.namespace,
-                           config=canary.traffic_routing.config, stable_service=canary.stable_service,
-                           canary_service=canary.canary_service)
+        target = RouterTarget(rollout=body, namespace=rollout.namespace, config=canary.traffic_routing.config,
+                              stable_service=canary.stable_service, canary_service=canary.canary_service)
+        return make_router(canary.traffic_routing.router, self._client, target)
 
     async def _finish(self, body: Body, decision: Decision, *, context: dict[str, Any]) -> None:
         wanted = dict(decision.status)

@@ -4,10 +4,12 @@ Rollout body and its AnalysisRun bodies as the informers hold them.
 A view shows whatever is there: a Rollout the controller has not seen yet (no status), a spec the controller refuses
 (InvalidSpec: the steps are shown as written, or not at all), fields of odd types. It never raises on a body.
 
-Decisions: `paused` is `spec.paused` or a step pause still in force (`controllerPause` with pauseConditions), so it
-agrees with what `resume` answers 409 to. Step states follow the planner: every step is `done` when no canary is in
-progress, every one `pending` while aborted or before the controller's first reconcile, and a template the controller
-has not picked up yet (its hash is not `status.canaryHash`) starts at step 0. `currentStep` is null when no step is
+Decisions: `strategy` is "blueGreen" or "canary" (for blue-green, "canary" in revision and replicas is the new
+revision behind the preview Service, and there are no steps). `paused` is `spec.paused` or a step pause still in
+force (`controllerPause` with pauseConditions), so it agrees with what `resume` answers 409 to. Step states follow
+the planner: every step is `done` when no canary is in progress, every one `pending` while aborted or before the
+controller's first reconcile, and a template the controller has not picked up yet (its hash is not
+`status.canaryHash`) starts at step 0. `currentStep` is null when no step is
 current. An AnalysisRun's phase and message come from the run itself when it is given (fresher than the Rollout's
 copy in `status.analysisRuns`).
 """
@@ -52,11 +54,13 @@ def rollout_view(rollout: Mapping[str, Any], analysis_runs: Sequence[Mapping[str
     pod = _map(_map(spec.get("template")).get("spec"))
     images = {_str(c.get("name")): _str(c.get("image"))
               for key in ("containers", "initContainers") for c in _list(pod.get(key)) if isinstance(c, Mapping)}
-    raw_steps = _list(_map(_map(spec.get("strategy")).get("canary")).get("steps"))
+    strategy = _map(spec.get("strategy"))
+    raw_steps = _list(_map(strategy.get("canary")).get("steps"))
     current = _current_step(spec, status, len(raw_steps))
     return {
         "namespace": _str(meta.get("namespace")),
         "name": _str(meta.get("name")),
+        "strategy": "blueGreen" if strategy.get("blueGreen") is not None else "canary",
         "phase": _str(status.get("phase")) or "Pending",
         "message": _str(status.get("message")) if status else "waiting for the controller's first reconcile",
         "paused": spec.get("paused") is True
@@ -146,7 +150,9 @@ def _runs(status: Mapping[str, Any], bodies: Sequence[Mapping[str, Any]], namesp
         entry = _map(listed)
         name = _str(entry.get("name"))
         run_status = _map(by_name.get(name, {}).get("status"))
-        view: dict[str, Any] = {"name": name, "kind": "Background" if entry.get("kind") == "Background" else "Step"}
+        kind = entry.get("kind")
+        view: dict[str, Any] = {"name": name,
+                                "kind": kind if kind in ("Background", "PrePromotion", "PostPromotion") else "Step"}
         if "step" in entry and view["kind"] == "Step":
             view["step"] = _int(entry.get("step"))
         view["phase"] = _str(run_status.get("phase") or entry.get("phase")) or "Pending"

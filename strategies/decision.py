@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from strategies.model import BACKGROUND, AnalysisRef, Condition, format_time
+from strategies.model import AnalysisRef, Condition, RunSlot, describe_slot, format_time, slot_label
 
 
 @dataclass(frozen=True)
@@ -70,12 +70,18 @@ class DeleteReplicaSet:
 
 
 @dataclass(frozen=True)
-class SetServiceSelector:
-    service: str
+class SetBackend:
+    """Point one side of the traffic at a revision's pods: `role` "stable" or "canary" (blue-green: active or
+    preview). The applier writes the side's Service selector (when the strategy names one) and, with a router whose
+    subsets choose the pods (Istio DestinationRule), the side's subset."""
+
+    role: str
+    service: str | None
     hash: str
 
     def describe(self) -> tuple[str, str]:
-        return "ServiceSelectorUpdated", f"Service {self.service} now selects pods of {self.hash}"
+        what = f"Service {self.service}" if self.service else f"the {self.role} subset"
+        return "ServiceSelectorUpdated", f"{what} now selects pods of {self.hash}"
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,9 @@ class SetWeight:
     previous: int
 
     def describe(self) -> tuple[str, str]:
-        return "TrafficWeightUpdated", f"canary weight {self.previous} -> {self.weight} (stable {100 - self.weight})"
+        # previous is -1 when the router's state could not be read as one weight (missing, or routes disagreeing).
+        before = str(self.previous) if self.previous >= 0 else "unknown"
+        return "TrafficWeightUpdated", f"canary weight {before} -> {self.weight} (stable {100 - self.weight})"
 
 
 @dataclass(frozen=True)
@@ -95,17 +103,17 @@ class CreateAnalysisRun:
     hash: str  # the revision under analysis (the canary)
     stable_hash: str
     walk: int
-    step: int | None  # None: background analysis
+    step: RunSlot
     analysis: AnalysisRef
 
     def describe(self) -> tuple[str, str]:
-        what = "background analysis" if self.step is None else f"analysis for step {self.step + 1}"
+        what = describe_slot(self.step)
         templates = ", ".join(t.name for t in self.analysis.templates)
         return "AnalysisRunCreated", f"started {what}: AnalysisRun {self.name} ({templates})"
 
     @property
     def step_label(self) -> str:
-        return BACKGROUND if self.step is None else str(self.step)
+        return slot_label(self.step)
 
 
 @dataclass(frozen=True)
@@ -128,7 +136,7 @@ class DeleteAnalysisRun:
 
 
 Action = (
-    CreateReplicaSet | ScaleReplicaSet | SetRevision | MarkScaleDown | DeleteReplicaSet | SetServiceSelector | SetWeight
+    CreateReplicaSet | ScaleReplicaSet | SetRevision | MarkScaleDown | DeleteReplicaSet | SetBackend | SetWeight
     | CreateAnalysisRun | TerminateAnalysisRun | DeleteAnalysisRun
 )
 

@@ -23,6 +23,8 @@ SCALE_DOWN_ANNOTATION = "sluice.dev/scale-down-deadline"
 WALK_LABEL = "sluice.dev/walk"  # on AnalysisRuns: which walk of the steps (a new revision or a retry) started them
 STEP_LABEL = "sluice.dev/analysis-step"  # on AnalysisRuns: the step index, or "background"
 BACKGROUND = "background"
+PRE_PROMOTION = "prePromotion"  # blue-green: the analysis that gates the switch
+POST_PROMOTION = "postPromotion"  # blue-green: the analysis after the switch; failing switches back
 TERMINAL_RUN_PHASES = ("Successful", "Failed", "Inconclusive", "Error")
 
 _DURATION_PART = re.compile(r"([0-9]+)(ms|s|m|h)")
@@ -116,6 +118,35 @@ class BackgroundAnalysis:
 
 Step = SetWeightStep | PauseStep | AnalysisStep
 
+# Which part of a rollout an AnalysisRun speaks for: a canary step's index, PRE_PROMOTION or POST_PROMOTION
+# (blue-green), or None for canary background analysis. On the run it is the STEP_LABEL label.
+RunSlot = int | str | None
+
+
+def slot_label(slot: RunSlot) -> str:
+    return BACKGROUND if slot is None else str(slot)
+
+
+def parse_slot(label: str | None) -> RunSlot:
+    if label in (None, BACKGROUND):
+        return None
+    if label in (PRE_PROMOTION, POST_PROMOTION):
+        return label
+    try:
+        return int(str(label))
+    except ValueError:
+        return None
+
+
+def describe_slot(slot: RunSlot) -> str:
+    if slot is None:
+        return "background analysis"
+    if slot == PRE_PROMOTION:
+        return "pre-promotion analysis"
+    if slot == POST_PROMOTION:
+        return "post-promotion analysis"
+    return f"analysis for step {int(slot) + 1}"
+
 
 def steps_hash(steps: tuple[Step, ...]) -> str:
     return hashlib.sha256(repr(steps).encode()).hexdigest()[:10]
@@ -134,13 +165,28 @@ class TrafficRouting:
 
 @dataclass(frozen=True)
 class CanaryStrategy:
-    stable_service: str
-    canary_service: str
+    stable_service: str | None  # None only with Istio DestinationRule subsets, which then choose the pods
+    canary_service: str | None
     traffic_routing: TrafficRouting
     steps: tuple[Step, ...]
     scale_down_delay: float
     abort_scale_down_delay: float
     analysis: BackgroundAnalysis | None = None
+
+
+@dataclass(frozen=True)
+class BlueGreenStrategy:
+    """The new revision comes up behind the preview Service; promotion switches the active Service to it."""
+
+    active_service: str
+    preview_service: str | None
+    preview_replicas: int | None  # None: spec.replicas
+    auto_promotion: bool
+    auto_promotion_seconds: float
+    pre_promotion: AnalysisRef | None
+    post_promotion: AnalysisRef | None
+    scale_down_delay: float
+    abort_scale_down_delay: float
 
 
 @dataclass(frozen=True)
@@ -155,8 +201,32 @@ class RolloutSpec:
     progress_deadline: float
     progress_deadline_abort: bool
     paused: bool
-    canary: CanaryStrategy
+    strategy: CanaryStrategy | BlueGreenStrategy
     analysis_run_history_limit: int = 5
+
+    @property
+    def canary(self) -> CanaryStrategy:
+        """The canary strategy; only the canary planner and its router plumbing ask (blue-green has neither)."""
+        if not isinstance(self.strategy, CanaryStrategy):
+            raise TypeError("not a canary Rollout")
+        return self.strategy
+
+    @property
+    def blue_green(self) -> BlueGreenStrategy | None:
+        return self.strategy if isinstance(self.strategy, BlueGreenStrategy) else None
+
+    @property
+    def services(self) -> tuple[str | None, str | None]:
+        """The Services of the two sides: stable and canary, or blue-green's active and preview. Either may be None:
+        a canary whose Istio DestinationRule subsets choose the pods, blue-green without a preview Service."""
+        if isinstance(self.strategy, BlueGreenStrategy):
+            return self.strategy.active_service, self.strategy.preview_service
+        return self.strategy.stable_service, self.strategy.canary_service
+
+    @property
+    def steps(self) -> tuple[Step, ...]:
+        """The step plan; blue-green has none (its analysis and promotion are not steps)."""
+        return self.strategy.steps if isinstance(self.strategy, CanaryStrategy) else ()
 
 
 @dataclass(frozen=True)
@@ -230,7 +300,7 @@ class AnalysisRunState:
     name: str
     hash: str
     walk: int
-    step: int | None  # None: background analysis
+    step: RunSlot
     phase: str  # Pending, Running, Successful, Failed, Inconclusive, Error
     message: str
     terminating: bool
@@ -327,19 +397,52 @@ def _parse_canary(raw: Mapping[str, Any]) -> CanaryStrategy:
                     f"{highest}; weights only move forward (abort returns traffic to stable)"
                 )
             highest, highest_at = step.weight, i
-    stable, canary = str(raw.get("stableService", "")), str(raw.get("canaryService", ""))
-    if not stable or not canary:
-        raise SpecError("spec.strategy.canary: stableService and canaryService are required")
-    if stable == canary:
+    stable, canary = str(raw.get("stableService") or ""), str(raw.get("canaryService") or "")
+    subsets = routers[0] == "istio" and bool((routing_raw["istio"] or {}).get("destinationRule"))
+    if (not stable or not canary) and not (subsets and not stable and not canary):
+        raise SpecError("spec.strategy.canary: stableService and canaryService are required (both may be left out "
+                        "only with trafficRouting.istio.destinationRule, whose subsets then choose the pods)")
+    if stable and stable == canary:
         raise SpecError("spec.strategy.canary: stableService and canaryService must be different Services")
     return CanaryStrategy(
-        stable_service=stable,
-        canary_service=canary,
+        stable_service=stable or None,
+        canary_service=canary or None,
         traffic_routing=TrafficRouting(routers[0], routing_raw[routers[0]]),
         steps=steps,
         scale_down_delay=float(raw.get("scaleDownDelaySeconds", 30)),
         abort_scale_down_delay=float(raw.get("abortScaleDownDelaySeconds", 30)),
         analysis=_parse_background(raw.get("analysis"), len(steps)),
+    )
+
+
+def _parse_blue_green(raw: Mapping[str, Any]) -> BlueGreenStrategy:
+    where = "spec.strategy.blueGreen"
+    if raw.get("steps") is not None or raw.get("trafficRouting") is not None:
+        raise SpecError(f"{where}: steps and trafficRouting belong to the canary strategy; blue-green switches "
+                        "Services (use strategy.canary for a weighted walk)")
+    active, preview = str(raw.get("activeService") or ""), str(raw.get("previewService") or "")
+    if not active:
+        raise SpecError(f"{where}.activeService: required")
+    if preview == active:
+        raise SpecError(f"{where}: activeService and previewService must be different Services")
+    preview_replicas = raw.get("previewReplicaCount")
+    if preview_replicas is not None and (not isinstance(preview_replicas, int) or preview_replicas < 1):
+        raise SpecError(f"{where}.previewReplicaCount: must be an integer of at least 1")
+
+    def analysis(key: str) -> AnalysisRef | None:
+        value = raw.get(key)
+        return None if value is None else _parse_analysis_ref(value, f"{where}.{key}")
+
+    return BlueGreenStrategy(
+        active_service=active,
+        preview_service=preview or None,
+        preview_replicas=preview_replicas,
+        auto_promotion=bool(raw.get("autoPromotionEnabled", True)),
+        auto_promotion_seconds=float(raw.get("autoPromotionSeconds", 0) or 0),
+        pre_promotion=analysis("prePromotionAnalysis"),
+        post_promotion=analysis("postPromotionAnalysis"),
+        scale_down_delay=float(raw.get("scaleDownDelaySeconds", 30)),
+        abort_scale_down_delay=float(raw.get("abortScaleDownDelaySeconds", 30)),
     )
 
 
@@ -379,11 +482,19 @@ def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
         raise SpecError(f"spec.selector: does not match spec.template.metadata.labels {dict(labels)}")
     if HASH_LABEL in labels:
         raise SpecError(f"spec.template.metadata.labels: {HASH_LABEL} is set by sluice and must not be given")
-    strategy = raw.get("strategy") or {}
-    if "canary" not in strategy:
-        raise SpecError("spec.strategy: canary is required")
+    strategy_raw = raw.get("strategy") or {}
+    chosen = [k for k in ("canary", "blueGreen") if strategy_raw.get(k) is not None]
+    if len(chosen) != 1:
+        raise SpecError("spec.strategy: needs exactly one of canary, blueGreen")
+    strategy: CanaryStrategy | BlueGreenStrategy = (
+        _parse_canary(strategy_raw["canary"]) if chosen[0] == "canary" else _parse_blue_green(strategy_raw["blueGreen"])
+    )
+    replicas = int(raw.get("replicas", 1))
+    if isinstance(strategy, BlueGreenStrategy) and (strategy.preview_replicas or 0) > replicas:
+        raise SpecError(f"spec.strategy.blueGreen.previewReplicaCount: {strategy.preview_replicas} is more than "
+                        f"spec.replicas ({replicas})")
     return RolloutSpec(
-        replicas=int(raw.get("replicas", 1)),
+        replicas=replicas,
         match_labels=match_labels,
         match_expressions=expressions,
         template=template,
@@ -393,7 +504,7 @@ def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
         progress_deadline=float(raw.get("progressDeadlineSeconds", 600)),
         progress_deadline_abort=bool(raw.get("progressDeadlineAbort", False)),
         paused=bool(raw.get("paused", False)),
-        canary=_parse_canary(strategy["canary"]),
+        strategy=strategy,
         analysis_run_history_limit=int(raw.get("analysisRunHistoryLimit", 5)),
     )
 

@@ -268,7 +268,7 @@ def _promote(r: _View, *, full: bool) -> Outcome:
         return Outcome((), "promote")
     held = " (it is held by spec.paused: resume releases that)" if r.paused else ""
     raise OperationError(409, f"cannot promote {r.name}: it is not paused at a step{held}; use full to skip the "
-                         "remaining steps")
+                         "remaining steps (blue-green: the wait before the switch; analysis still decides)")
 
 
 def _abort(r: _View) -> Outcome:

@@ -25,8 +25,8 @@ from strategies.decision import (
     DeleteReplicaSet,
     MarkScaleDown,
     ScaleReplicaSet,
+    SetBackend,
     SetRevision,
-    SetServiceSelector,
     SetWeight,
 )
 from strategies.model import (
@@ -188,7 +188,7 @@ class Cluster:
                                                          scale_down_at=_at_second(action.at))
             case DeleteReplicaSet():
                 del self.replica_sets[action.name]
-            case SetServiceSelector():
+            case SetBackend():
                 if action.service == STABLE_SVC:
                     self.stable_service_hash = action.hash
                 else:
@@ -293,7 +293,7 @@ def test_first_version_goes_straight_to_healthy_without_steps() -> None:
     cluster.make_available()
     second = cluster.reconcile()
     assert second.summary == "Healthy"
-    assert second.actions == (SetServiceSelector(STABLE_SVC, h1), SetServiceSelector(CANARY_SVC, h1))
+    assert second.actions == (SetBackend("stable", STABLE_SVC, h1), SetBackend("canary", CANARY_SVC, h1))
     assert cluster.reconcile().actions == ()
     assert cluster.weight == 0
     assert condition(cluster.status, "Available")["status"] == "True"
@@ -352,7 +352,7 @@ def test_first_weight_arrives_after_canary_service_selects_canary_pods() -> None
     cluster.reconcile()
     cluster.make_available("app:2")
     decision = cluster.reconcile()
-    assert decision.actions == (SetServiceSelector(CANARY_SVC, hash_of("app:2")), SetWeight(10, 0))
+    assert decision.actions == (SetBackend("canary", CANARY_SVC, hash_of("app:2")), SetWeight(10, 0))
     assert decision.status["currentStepIndex"] == 1
     assert decision.status["canaryWeight"] == 10
     assert decision.requeue_after == 0.0
@@ -516,7 +516,7 @@ def test_full_promotion_switches_stable_selector_before_weight_returns_to_zero()
     decisions = walk_until(cluster, lambda d: d.summary == "Promoted")
     promoted = decisions[-1]
     h2 = hash_of("app:2")
-    assert promoted.actions[:2] == (SetServiceSelector(STABLE_SVC, h2), SetWeight(0, 50))
+    assert promoted.actions[:2] == (SetBackend("stable", STABLE_SVC, h2), SetWeight(0, 50))
     assert promoted.status["stableHash"] == h2
     assert promoted.status["phase"] == "Healthy"
     full = next(d for d in decisions if any(isinstance(a, ScaleReplicaSet) for a in d.actions))
@@ -542,12 +542,12 @@ def test_promotion_after_a_crash_half_way_keeps_the_stable_service_on_the_new_re
     reconcile_with_pods(cluster)  # the canary goes to full size
     h2 = hash_of("app:2")
     promotion = cluster.plan()
-    assert promotion.actions[0] == SetServiceSelector(STABLE_SVC, h2)
+    assert promotion.actions[0] == SetBackend("stable", STABLE_SVC, h2)
     cluster.apply(promotion, crash_after=1)  # the stable Service moved; the weight and the status did not
 
     again = cluster.reconcile()
     assert again.summary == "Promoted"
-    assert not [a for a in again.actions if isinstance(a, SetServiceSelector)]
+    assert not [a for a in again.actions if isinstance(a, SetBackend)]
     assert (cluster.stable_service_hash, cluster.status["stableHash"], cluster.weight) == (h2, h2, 0)
 
 
@@ -581,7 +581,7 @@ def test_abort_sets_weight_zero_before_moving_canary_selector() -> None:
     assert aborted.summary == "Aborted"
     assert aborted.actions == (
         SetWeight(0, 50),
-        SetServiceSelector(CANARY_SVC, hash_of("app:1")),
+        SetBackend("canary", CANARY_SVC, hash_of("app:1")),
         MarkScaleDown(rs_name("app:2"), cluster.now + timedelta(seconds=45)),
     )
     assert aborted.status["abort"] is True
@@ -627,7 +627,7 @@ def test_retry_after_abort_restarts_from_first_step() -> None:
 
     cluster.make_available()
     first = cluster.reconcile()
-    assert first.actions == (SetServiceSelector(CANARY_SVC, hash_of("app:2")), SetWeight(10, 0))
+    assert first.actions == (SetBackend("canary", CANARY_SVC, hash_of("app:2")), SetWeight(10, 0))
     assert first.status["currentStepIndex"] == 1
 
 
@@ -667,7 +667,7 @@ def test_new_template_mid_rollout_supersedes_canary() -> None:
     assert superseded.actions == (
         CreateReplicaSet(h3, 3, 1),
         SetWeight(0, 50),
-        SetServiceSelector(CANARY_SVC, h1),
+        SetBackend("canary", CANARY_SVC, h1),
         MarkScaleDown(rs_name("app:2"), cluster.now + timedelta(seconds=45)),
     )
     assert superseded.summary == "Progressing"
@@ -677,7 +677,7 @@ def test_new_template_mid_rollout_supersedes_canary() -> None:
     assert superseded.status["canaryWeight"] == 0
 
     cluster.make_available()
-    assert cluster.reconcile().actions == (SetServiceSelector(CANARY_SVC, h3), SetWeight(10, 0))
+    assert cluster.reconcile().actions == (SetBackend("canary", CANARY_SVC, h3), SetWeight(10, 0))
     cluster.pass_time(45)
     assert ScaleReplicaSet(rs_name("app:2"), 0, 5) in cluster.reconcile().actions
 
@@ -693,9 +693,9 @@ def test_traffic_leaves_a_superseded_revision_before_the_canary_service_moves() 
     assert cluster.canary_service_hash == hash_of("app:3")
     cluster.set_image("app:2")
     actions = cluster.reconcile().actions
-    route = [a for a in actions if isinstance(a, SetWeight | SetServiceSelector)]
+    route = [a for a in actions if isinstance(a, SetWeight | SetBackend)]
     # Not one request more to app:3's pods: its weight goes to zero before the Service selects app:2's pods.
-    assert route == [SetWeight(0, 10), SetServiceSelector(CANARY_SVC, hash_of("app:2")), SetWeight(10, 0)]
+    assert route == [SetWeight(0, 10), SetBackend("canary", CANARY_SVC, hash_of("app:2")), SetWeight(10, 0)]
 
 
 def test_new_revision_gets_its_own_timed_pause_not_the_superseded_ones() -> None:
@@ -723,7 +723,7 @@ def test_back_to_stable_template_is_fast_rollback() -> None:
     assert rollback.actions == (
         SetRevision(rs_name("app:1"), 3),
         SetWeight(0, 50),
-        SetServiceSelector(CANARY_SVC, h1),
+        SetBackend("canary", CANARY_SVC, h1),
         MarkScaleDown(rs_name("app:2"), cluster.now + timedelta(seconds=30)),
     )
     assert "RolloutRolledBack" in event_reasons(rollback)
@@ -955,7 +955,7 @@ def test_canary_replicas_is_the_smallest_count_covering_the_weight(weight: int, 
 
 def selector_moves(decisions: Sequence[Decision], service: str) -> list[str]:
     """The hashes a Service was pointed at, in order, over these decisions."""
-    return [a.hash for d in decisions for a in d.actions if isinstance(a, SetServiceSelector) and a.service == service]
+    return [a.hash for d in decisions for a in d.actions if isinstance(a, SetBackend) and a.service == service]
 
 
 def test_status_lost_mid_rollout_adopts_stable_from_the_stable_service() -> None:
@@ -1084,9 +1084,9 @@ def test_unreadable_weight_goes_to_zero_before_a_superseded_canary_service_moves
     cluster.weight = -1
     cluster.set_image("app:2")
     actions = cluster.reconcile().actions
-    route = [a for a in actions if isinstance(a, SetWeight | SetServiceSelector)]
+    route = [a for a in actions if isinstance(a, SetWeight | SetBackend)]
     assert route[0] == SetWeight(0, -1)
-    assert route == [SetWeight(0, -1), SetServiceSelector(CANARY_SVC, hash_of("app:2")), SetWeight(10, 0)]
+    assert route == [SetWeight(0, -1), SetBackend("canary", CANARY_SVC, hash_of("app:2")), SetWeight(10, 0)]
 
 
 def test_first_version_that_never_comes_up_exceeds_the_progress_deadline() -> None:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.canary import canary_replicas, plan
-from strategies.decision import CreateReplicaSet, Decision, ScaleReplicaSet, SetServiceSelector, SetWeight
+from strategies.decision import CreateReplicaSet, Decision, ScaleReplicaSet, SetBackend, SetWeight
 from strategies.model import AnalysisStep, Observed, PauseStep, Rollout, SetWeightStep
 
 from .test_canary_planner import CANARY_SVC, STABLE_SVC, Cluster, hash_of, healthy_cluster, rollout_body
@@ -178,7 +178,7 @@ def check_weight_moves_back_only_on_abort_rollback_promotion_or_new_template(
         # The stable Service moves to the new pods before the canary route is emptied.
         stable_moved = observed.stable_service_hash == rollout.spec.template_hash
         for action in decision.actions:
-            if action == SetServiceSelector(STABLE_SVC, rollout.spec.template_hash):
+            if action == SetBackend("stable", STABLE_SVC, rollout.spec.template_hash):
                 stable_moved = True
             if isinstance(action, SetWeight):
                 assert stable_moved, decision.actions
@@ -203,7 +203,7 @@ def check_traffic_only_to_available_canary_pods(rollout: Rollout, observed: Obse
     canary = observed.by_hash.get(desired)
     selects = observed.canary_service_hash
     for action in decision.actions:
-        if isinstance(action, SetServiceSelector) and action.service == CANARY_SVC:
+        if isinstance(action, SetBackend) and action.service == CANARY_SVC:
             selects = action.hash
         if isinstance(action, SetWeight) and action.weight > 0:
             needed = canary_replicas(action.weight, rollout.spec.replicas)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from analysis.run import preflight
@@ -30,3 +31,39 @@ def test_example_rollout_and_template_make_a_runnable_analysis() -> None:
     spec = build_run_spec([NamedTemplate("AnalysisTemplate default/success-rate", template["spec"])], given)
     assert preflight(parse_run_metrics(spec)) is None
     assert spec["metrics"][0]["provider"]["prometheus"]["address"] == "http://prometheus.monitoring:9090"
+
+
+@pytest.mark.parametrize("name", ["routing/gateway-api.yaml", "routing/smi.yaml", "routing/istio-subsets.yaml"])
+def test_routing_examples_parse_and_name_objects_they_define(name: str) -> None:
+    docs = list(yaml.safe_load_all((EXAMPLES / name).read_text()))
+    [body] = [d for d in docs if d["kind"] == "Rollout"]
+    body["metadata"]["namespace"] = "default"
+    rollout = parse_rollout(body)
+    defined = {(d["kind"], d["metadata"]["name"]) for d in docs}
+    for service in rollout.spec.services:
+        assert service is None or ("Service", service) in defined
+    routing = rollout.spec.canary.traffic_routing
+    config = routing.config
+    if routing.router == "gatewayAPI":
+        wanted = [("HTTPRoute", config["httpRoute"])]
+    elif routing.router == "smi":
+        wanted = [("Service", config["rootService"])]  # the TrafficSplit is sluice's to create
+    else:
+        wanted = [("VirtualService", config["virtualService"]["name"]),
+                  ("DestinationRule", config["destinationRule"]["name"])]
+    assert set(wanted) <= defined
+
+
+def test_blue_green_example_parses_with_runnable_analysis() -> None:
+    docs = list(yaml.safe_load_all((EXAMPLES / "blue-green.yaml").read_text()))
+    [body] = [d for d in docs if d["kind"] == "Rollout"]
+    body["metadata"]["namespace"] = "default"
+    rollout = parse_rollout(body)
+    blue_green = rollout.spec.blue_green
+    assert blue_green is not None and blue_green.pre_promotion and blue_green.post_promotion
+    assert {("Service", s) for s in rollout.spec.services if s} <= {(d["kind"], d["metadata"]["name"]) for d in docs}
+    template = _documents("analysis-template.yaml")["AnalysisTemplate"]
+    for ref in (blue_green.pre_promotion, blue_green.post_promotion):
+        given = rollout_arg_values(ref.args, body, stable_hash="s", canary_hash="c")
+        spec = build_run_spec([NamedTemplate("AnalysisTemplate default/success-rate", template["spec"])], given)
+        assert preflight(parse_run_metrics(spec)) is None

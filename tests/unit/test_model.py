@@ -186,8 +186,42 @@ def test_traffic_routing_needs_exactly_one_router(routing: dict[str, Any]) -> No
     assert spec_error(spec_body(canary_trafficRouting=routing)).startswith("spec.strategy.canary.trafficRouting:")
 
 
-def test_strategy_without_canary_is_refused() -> None:
-    assert spec_error(spec_body(strategy={"blueGreen": {}})).startswith("spec.strategy: canary is required")
+@pytest.mark.parametrize("strategy", [{}, {"canary": None}, {"canary": {}, "blueGreen": {}}])
+def test_strategy_needs_exactly_one_of_canary_and_blue_green(strategy: dict[str, Any]) -> None:
+    assert spec_error(spec_body(strategy=strategy)).startswith("spec.strategy: needs exactly one of canary, blueGreen")
+
+
+def test_blue_green_is_parsed_with_the_crd_defaults() -> None:
+    spec = parse_spec(spec_body(strategy={"blueGreen": {"activeService": "web", "previewService": "web-preview"}}))
+    assert spec.blue_green is not None and spec.steps == ()
+    assert spec.services == ("web", "web-preview")
+    bg = spec.blue_green
+    assert (bg.auto_promotion, bg.auto_promotion_seconds, bg.preview_replicas, bg.pre_promotion, bg.post_promotion,
+            bg.scale_down_delay, bg.abort_scale_down_delay) == (True, 0.0, None, None, None, 30.0, 30.0)
+    with pytest.raises(TypeError):
+        _ = spec.canary
+
+
+@pytest.mark.parametrize(("blue_green", "message"), [
+    ({}, "spec.strategy.blueGreen.activeService: required"),
+    ({"activeService": "web", "previewService": "web"}, "activeService and previewService must be different"),
+    ({"activeService": "web", "steps": [{"setWeight": 10}]}, "steps and trafficRouting belong to the canary"),
+    ({"activeService": "web", "previewReplicaCount": 0}, "previewReplicaCount: must be an integer of at least 1"),
+    ({"activeService": "web", "previewReplicaCount": 4}, "previewReplicaCount: 4 is more than spec.replicas (3)"),
+    ({"activeService": "web", "prePromotionAnalysis": {"templates": []}}, "prePromotionAnalysis.templates: at least"),
+])
+def test_invalid_blue_green_combinations_are_refused(blue_green: dict[str, Any], message: str) -> None:
+    assert message in spec_error(spec_body(strategy={"blueGreen": blue_green}))
+
+
+def test_services_are_optional_only_with_destination_rule_subsets() -> None:
+    subsets = {"name": "web", "stableSubsetName": "stable", "canarySubsetName": "canary"}
+    routing = {"istio": {"virtualService": {"name": "web"}, "destinationRule": subsets}}
+    raw = spec_body(canary_trafficRouting=routing)
+    del raw["strategy"]["canary"]["stableService"], raw["strategy"]["canary"]["canaryService"]
+    assert parse_spec(raw).services == (None, None)
+    raw["strategy"]["canary"]["stableService"] = "web-stable"
+    assert "stableService and canaryService are required" in spec_error(raw)
 
 
 def test_defaults_follow_the_crd() -> None:

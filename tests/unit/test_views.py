@@ -21,8 +21,8 @@ from .test_canary_planner import (
     walk_until,
 )
 
-EXPECTED_KEYS = ["namespace", "name", "phase", "message", "paused", "aborted", "revision", "images", "weights",
-                 "replicas", "currentStep", "steps", "analysisRuns", "conditions"]
+EXPECTED_KEYS = ["namespace", "name", "strategy", "phase", "message", "paused", "aborted", "revision", "images",
+                 "weights", "replicas", "currentStep", "steps", "analysisRuns", "conditions"]
 
 
 def states(view: dict[str, Any]) -> list[str]:
