@@ -34,6 +34,9 @@ class QueueSettings:
 class WatchSettings:
     timeout_seconds: int = 300
     error_backoff: tuple[float, ...] = (0.5, 1.0, 2.0, 5.0, 10.0)
+    # An optional informer (traffic routers' objects) whose resource is not served (no CRD: 404) or not allowed
+    # (403) looks again this often, so installing the CRD or granting the verbs later starts the watch.
+    unavailable_retry_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,35 @@ class ApiSettings:
 
 
 @dataclass(frozen=True)
+class LeaderElectionSettings:
+    """Which replica reconciles when several run: the holder of one coordination.k8s.io Lease (rollout/leader.py).
+
+    As in client-go: the leader renews every `retry_period` and stops reconciling when it has not renewed for
+    `renew_deadline`; the others take over once the Lease has not changed for `lease_duration` (by their own clocks).
+    `renew_deadline < lease_duration` is what keeps two replicas from ever reconciling at once.
+    """
+
+    namespace: str = "default"
+    name: str = "sluice-controller"
+    lease_duration: float = 15.0  # written to the Lease rounded up to whole seconds
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The plain-HTTP listener for the kubelet's probes and Prometheus (rollout/probes.py): no TLS, no tokens.
+
+    All interfaces by default, because the kubelet probes the pod's IP and Prometheus scrapes it; it carries no
+    credentials and takes no input, so what it exposes is read-only: whether the process runs, whether its caches are
+    synced, and the metrics (which name Rollouts: keep the port to the cluster with a NetworkPolicy).
+    """
+
+    address: str = "0.0.0.0"
+    port: int = 9090  # 0: pick a free port (tests)
+
+
+@dataclass(frozen=True)
 class Settings:
     namespaces: tuple[str, ...] = ()  # empty: all namespaces
     retry: RetrySettings = field(default_factory=RetrySettings)
@@ -72,5 +104,8 @@ class Settings:
     watch: WatchSettings = field(default_factory=WatchSettings)
     analysis: AnalysisSettings = field(default_factory=AnalysisSettings)
     api: ApiSettings | None = None  # None: no operator API (embedded uses); `sluice controller` always serves it
+    metrics: MetricsSettings | None = None  # None: no probe and metrics listener (embedded uses); the CLI has one
     field_manager: str = "sluice"
     controller_name: str = "sluice-controller"
+    # None: no election, this process reconciles (local runs); with several replicas every one of them needs it.
+    leader_election: LeaderElectionSettings | None = None

@@ -8,6 +8,12 @@ saw, bookmarks included, so nothing is missed and nothing is listed again; only 
 diffed against the store so objects deleted meanwhile are still reported. Errors back off along
 `WatchSettings.error_backoff` and the informer carries on: a watcher never dies while the controller runs.
 
+Some resources are only there on some clusters: the traffic routers' objects (Istio, SMI, Gateway API) need their
+CRDs, and the controller's role may not cover them. An `optional` informer treats 404 and 403 as "not here": it logs
+once, counts as synced so it never holds up readiness, and looks again every `WatchSettings.unavailable_retry_seconds`,
+so installing the CRD later starts the watch. A `transform` shrinks objects before they are stored, for informers
+that only need to know that something changed (`metadata_only`).
+
 The reconciler reads Rollouts and their ReplicaSets from stores instead of the API server, and puts the objects its
 own writes return, so its next look does not see its own change as missing. `rollout/kube.py` stays the only module
 that speaks HTTP; the informer gets it through the small `WatchClient` protocol.
@@ -16,6 +22,7 @@ that speaks HTTP; the informer gets it through the small `WatchClient` protocol.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Protocol
@@ -136,6 +143,16 @@ def controller_index(kind: str) -> IndexFunc:
     return index
 
 
+def metadata_only(obj: Body) -> Body:
+    """An object cut down to what an informer needs to follow it and name it: apiVersion, kind, and the name,
+    namespace, uid and resourceVersion of its metadata (not its labels, annotations or managedFields, which can be
+    most of its size)."""
+    meta = obj.get("metadata") or {}
+    kept: Body = {k: obj[k] for k in ("apiVersion", "kind") if k in obj}
+    kept["metadata"] = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta}
+    return kept
+
+
 class WatchClient(Protocol):
     """The part of `rollout.kube.KubeClient` an informer uses."""
 
@@ -147,11 +164,18 @@ class WatchClient(Protocol):
 
 
 class Informer:
-    """List-then-watch one resource type into a `Store`, per namespace or cluster-wide, until cancelled."""
+    """List-then-watch one resource type into a `Store`, per namespace or cluster-wide, until cancelled.
+
+    `optional`: a 404 (not served) or 403 (not allowed) from the list or the watch is logged once (info, warning),
+    marks the namespace synced and is retried every `WatchSettings.unavailable_retry_seconds` instead of along the
+    error backoff. `fallbacks`: other versions of the same kind, listed in turn when `resource` is not served (the
+    first served one is watched). `transform`: applied to every object before it is stored and reported.
+    """
 
     def __init__(self, client: WatchClient, resource: Resource, *, namespaces: tuple[str, ...] = (),
                  label_selector: str | None = None, settings: WatchSettings, store: Store,
-                 on_change: Callable[[str, Body], None]) -> None:
+                 on_change: Callable[[str, Body], None], optional: bool = False,
+                 fallbacks: tuple[Resource, ...] = (), transform: Callable[[Body], Body] | None = None) -> None:
         self.resource = resource
         self.store = store
         self.synced = asyncio.Event()  # set once every namespace has been listed for the first time
@@ -161,6 +185,12 @@ class Informer:
         self._settings = settings
         self._on_change = on_change
         self._unsynced: set[str | None] = set(self._scopes)
+        self._optional = optional
+        self._versions = (resource, *fallbacks)
+        self._served: dict[str | None, Resource] = {}  # per namespace: the version its last list succeeded with
+        # Per namespace, while an optional resource is missing: the status (403, 404) and the verb that met it.
+        self._unavailable: dict[str | None, tuple[int, str]] = {}
+        self._transform = transform
 
     async def run(self) -> None:
         """Watch every namespace in its own named task; cancelling `run` stops them all."""
@@ -172,31 +202,67 @@ class Informer:
         version: ResourceVersion | None = None
         failures = 0
         while True:
+            verb = "list"
             try:
                 if version is None:
                     version = await self.relist(namespace)
                     failures = 0
+                verb = "watch"
                 stream = self._client.watch(
-                    self.resource, resource_version=version, namespace=namespace,
+                    self._served.get(namespace, self.resource), resource_version=version, namespace=namespace,
                     label_selector=self._label_selector, timeout_seconds=self._settings.timeout_seconds,
                 )
                 try:
                     async for event_type, obj in stream:
                         version = self._apply(event_type, obj) or version
                         failures = 0
+                        self._available(namespace, "watch")
                 finally:
                     await _close(stream)
+                self._available(namespace, "watch")
                 # The server ended the watch (timeoutSeconds): go on from the last version seen.
             except Gone as exc:
                 log.info("watch of %s in %s expired (%s); listing again", self.resource.plural, namespace or "*", exc)
                 version = None
             except Exception as exc:  # a watcher must never die: it logs, backs off and retries
-                delay = self._settings.error_backoff[min(failures, len(self._settings.error_backoff) - 1)]
-                failures += 1
-                self._log_failure(exc, namespace, delay)
-                if not isinstance(exc, ApiError):
-                    version = None  # something unexpected: do not trust the cache, list again
+                if self._optional and isinstance(exc, ApiError) and exc.status in (403, 404):
+                    self._absent(namespace, exc, verb)
+                    version, delay = None, self._settings.unavailable_retry_seconds
+                else:
+                    delay = self._settings.error_backoff[min(failures, len(self._settings.error_backoff) - 1)]
+                    failures += 1
+                    self._log_failure(exc, namespace, delay)
+                    if not isinstance(exc, ApiError):
+                        version = None  # something unexpected: do not trust the cache, list again
                 await asyncio.sleep(delay)
+
+    def _absent(self, namespace: str | None, exc: ApiError, verb: str) -> None:
+        """An optional resource is not served (404) or not allowed (403) in `namespace`: nothing to wait for.
+
+        Logged when the namespace's state changes, and a 404 only once for all namespaces (the resource is missing
+        from the whole API server); the retries that find the same are logged at debug level. The state is kept until
+        the verb that failed succeeds, so a role that may list but not watch is not reported at every retry.
+        """
+        before = self._unavailable.get(namespace)
+        self._unavailable[namespace] = (exc.status, verb)
+        self._mark_synced(namespace)
+        retry = self._settings.unavailable_retry_seconds
+        elsewhere = any(s == 404 for ns, (s, _) in self._unavailable.items() if ns != namespace)
+        if before == (exc.status, verb) or (exc.status == 404 and elsewhere):
+            log.debug("%s still unavailable in %s (%s)", self.resource.plural, namespace or "*", exc)
+        elif exc.status == 404:
+            log.info("the API server does not serve %s (%s; CRD not installed?): not watching them; looking again "
+                     "every %gs", self.resource.plural, ", ".join(r.api_version for r in self._versions), retry)
+        else:
+            log.warning("not allowed to %s %s in %s (%s): not watching them; asking again every %gs", verb,
+                        self.resource.plural, namespace or "all namespaces", exc.message, retry)
+
+    def _available(self, namespace: str | None, verb: str) -> None:
+        """`verb` worked in `namespace`: if that is what an optional resource was missing for, say it is back."""
+        if self._unavailable and self._unavailable.get(namespace, (0, ""))[1] == verb:
+            del self._unavailable[namespace]
+            log.info("%s in %s can be %sed now: watching them", self.resource.plural,
+                     namespace or "all namespaces", verb)
 
     def _log_failure(self, exc: Exception, namespace: str | None, delay: float) -> None:
         where = f"{self.resource.plural} in {namespace or '*'}"
@@ -217,9 +283,7 @@ class Informer:
         deleted and reported as DELETED, unless they are newer than the list (the reconciler stored them after the
         list was taken).
         """
-        items, version = await self._client.list(
-            self.resource, namespace=namespace, label_selector=self._label_selector
-        )
+        items, version = await self._list(namespace)
         listed: set[ObjectKey] = set()
         for obj in items:
             key = ObjectKey.of(obj)
@@ -230,10 +294,28 @@ class Informer:
                 continue
             if not _newer(_resource_version(obj), version):
                 self._apply("DELETED", obj)
+        self._mark_synced(namespace)
+        self._available(namespace, "list")
+        return version
+
+    async def _list(self, namespace: str | None) -> tuple[list[Body], ResourceVersion]:
+        """List the first served of the versions, remembering which one to watch."""
+        for resource in self._versions[:-1]:
+            with contextlib.suppress(NotFound):
+                return await self._list_as(resource, namespace)
+        return await self._list_as(self._versions[-1], namespace)
+
+    async def _list_as(self, resource: Resource, namespace: str | None) -> tuple[list[Body], ResourceVersion]:
+        listed = await self._client.list(resource, namespace=namespace, label_selector=self._label_selector)
+        if resource != self._served.get(namespace, self.resource):
+            log.info("%s are served as %s: watching that version", resource.plural, resource.api_version)
+        self._served[namespace] = resource
+        return listed
+
+    def _mark_synced(self, namespace: str | None) -> None:
         self._unsynced.discard(namespace)
         if not self._unsynced:
             self.synced.set()
-        return version
 
     def record(self, obj: Body) -> None:
         """An object as one of our own writes returned it: into the store at once (the next read sees it) and
@@ -249,6 +331,9 @@ class Informer:
         if event_type in ("ADDED", "MODIFIED"):
             obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.resource.kind)
+        if self._transform is not None and event_type in ("ADDED", "MODIFIED", "DELETED"):
+            obj = self._transform(obj)
+        if event_type in ("ADDED", "MODIFIED"):
             changed = self.store.put(obj)
         elif event_type == "DELETED":
             changed = self.store.delete(obj) is not None

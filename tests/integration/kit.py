@@ -175,7 +175,8 @@ class ControllerProcess:
                  extra_args: list[str] | None = None) -> None:
         self._args = [sys.executable, "-m", "rollout", "controller", "--kubeconfig", str(kubeconfig),
                       "--namespace", namespace, "--resync-seconds", "15", "--log-format", "json",
-                      "--log-level", "info", "--api-address", "127.0.0.1", "--api-port", "0", *(extra_args or [])]
+                      "--log-level", "info", "--api-address", "127.0.0.1", "--api-port", "0",
+                      "--metrics-address", "127.0.0.1", "--metrics-port", "0", *(extra_args or [])]
         self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -221,3 +222,29 @@ class ControllerProcess:
         if not self.log_path.exists():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+# -- blue-green ----------------------------------------------------------------------------------------------------
+
+
+def blue_green_body(name: str = "web", *, replicas: int = 4, image: str = "registry.example/web:1",
+                    **blue_green: Any) -> Body:
+    """A blue-green Rollout behind the Services web-active and web-preview; keyword arguments are blueGreen fields
+    (the scale-down delays default to 2 s)."""
+    body = rollout_body(name, replicas=replicas, image=image)
+    body["spec"]["strategy"] = {"blueGreen": {"activeService": "web-active", "previewService": "web-preview",
+                                              "scaleDownDelaySeconds": 2, "abortScaleDownDelaySeconds": 2,
+                                              **blue_green}}
+    return body
+
+
+async def create_blue_green_app(kube: KubeClient, ns: str, rollout: Body) -> Body:
+    """The user's objects for blue-green: the active and preview Services, and the Rollout."""
+    for svc in ("web-active", "web-preview"):
+        await kube.create(SERVICES, service_body(svc), namespace=ns)
+    return await kube.create(ROLLOUTS, rollout, namespace=ns)
+
+
+async def blue_green_selectors(kube: KubeClient, ns: str) -> tuple[str | None, str | None]:
+    """The revisions (pod-template hashes) the active and preview Services select."""
+    return await selector_hash(kube, ns, "web-active"), await selector_hash(kube, ns, "web-preview")
