@@ -189,7 +189,8 @@ class Env:
 def _controller(env: Env, ns: str, record: Path) -> Iterator[Component]:
     component = spawn(f"controller-{ns}", [
         sys.executable, str(Path(__file__).resolve()), "child", str(record), "controller", "--namespace", ns,
-        "--api-address", "127.0.0.1", "--api-port", "0", "--kubeconfig", env.kubeconfig, "--log-level", "warning",
+        "--api-address", "127.0.0.1", "--api-port", "0", "--metrics-address", "127.0.0.1", "--metrics-port", "0",
+        "--kubeconfig", env.kubeconfig, "--log-level", "warning",
     ], log_path=env.workdir / f"controller-{ns}.log", cwd=REPO_ROOT)
     try:
         yield component

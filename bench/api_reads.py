@@ -94,7 +94,8 @@ async def _controller(kubeconfig: str, workdir: Path) -> AsyncIterator[tuple[Com
     log_path = workdir / "controller.log"
     component = spawn("controller", [
         sys.executable, "-m", "rollout", "controller", "--namespace", NAMESPACE, "--kubeconfig", kubeconfig,
-        "--api-address", "127.0.0.1", "--api-port", "0", "--log-level", "info",
+        "--api-address", "127.0.0.1", "--api-port", "0", "--metrics-address", "127.0.0.1", "--metrics-port", "0",
+        "--log-level", "info",
     ], log_path=log_path, cwd=REPO_ROOT)
     try:
         url = ""

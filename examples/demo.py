@@ -227,7 +227,8 @@ def controller(control_plane: ControlPlane) -> Iterator[subprocess.Popen[bytes]]
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "rollout", "controller", "--kubeconfig", str(control_plane.kubeconfig),
-             "--namespace", NS, "--api-address", "127.0.0.1", "--api-port", "0"],
+             "--namespace", NS, "--api-address", "127.0.0.1", "--api-port", "0", "--metrics-address", "127.0.0.1",
+             "--metrics-port", "0"],
             stdout=log, stderr=subprocess.STDOUT)
     try:
         yield process

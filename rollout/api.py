@@ -28,6 +28,7 @@ from rollout.auth import AuthError, Reviewer, User
 from rollout.kube import ROLLOUTS, ApiError, Body, Conflict, KubeClient, NotFound
 from rollout.metrics import Metrics
 from rollout.openapi import openapi_document
+from rollout.probes import probe_routes
 from rollout.queueing import ObjectKey
 from rollout.reporting import Reporter
 from rollout.settings import ApiSettings
@@ -101,10 +102,10 @@ class ApiServer:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._settings.max_body_bytes,
                               middlewares=[self._observe, self._errors])
+        # The same /healthz, /readyz and /metrics as the plain-HTTP listener's (rollout/probes.py), kept here for
+        # those who probe or scrape the API's port.
+        app.add_routes(probe_routes(metrics=self._metrics, ready=self._ready))
         r = app.router
-        r.add_get("/healthz", self._healthz)
-        r.add_get("/readyz", self._readyz)
-        r.add_get("/metrics", self._metrics_page)
         r.add_get("/openapi.json", self._openapi)
         r.add_get("/api/v1/rollouts", self._list_all)
         r.add_get("/api/v1/namespaces/{ns}/rollouts", self._list)
@@ -225,21 +226,7 @@ class ApiServer:
             _fail(400, "the body must be a JSON object")
         return value
 
-    # -- health, metrics, description ----------------------------------------------------------------------------
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def _readyz(self, request: web.Request) -> web.Response:
-        if not self._ready():
-            return _error(503, "not ready: the watches have not synced yet")
-        return web.json_response({"status": "ready"})
-
-    async def _metrics_page(self, request: web.Request) -> web.Response:
-        body, content_type = self._metrics.exposition()
-        response = web.Response(body=body)
-        response.headers["Content-Type"] = content_type
-        return response
+    # -- description ---------------------------------------------------------------------------------------------
 
     async def _openapi(self, request: web.Request) -> web.Response:
         return web.json_response(openapi_document())

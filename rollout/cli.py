@@ -1,13 +1,15 @@
 """`sluice` command line.
 
 `sluice controller` runs the controller (from a kubeconfig, or in-cluster) and, in the same process, the operator API
-(docs/api.md). Every other command is a client of that API, through rollout/apiclient.py: `get` shows Rollouts
+(docs/api.md); with --leader-elect several replicas can run, and only the holder of a Lease reconciles
+(rollout/leader.py). Every other command is a client of that API, through rollout/apiclient.py: `get` shows Rollouts
 (rendered by rollout/console.py), `pause`, `resume`, `promote`, `abort`, `retry`, `restart`, `undo` and
 `set image` operate on one. The client commands never talk to Kubernetes themselves; they only borrow the kubeconfig
-user's bearer token (rollout.kube.kubeconfig_bearer_token) when no --token or SLUICE_TOKEN is given.
+user's bearer token (rollout.kube.kubeconfig_bearer_token) when no --token or SLUICE_TOKEN is given. `sluice crds
+apply` is for installers (the Helm chart's hook): it applies the CRDs packaged with sluice (rollout/installing.py).
 
-Exit codes of the client commands: 0 done, 1 the API refused (4xx), 2 usage error (no server, no token),
-3 the API could not be reached or failed (5xx).
+Exit codes of the client commands (and `crds apply`): 0 done, 1 the API refused (4xx), 2 usage error (no server, no
+token, no kubeconfig), 3 the API could not be reached or failed (5xx).
 """
 
 from __future__ import annotations
@@ -28,9 +30,18 @@ from typing import Any
 from rollout import console
 from rollout.apiclient import ApiClient, ApiClientError
 from rollout.controller import Controller
-from rollout.kube import ConfigError, KubeClient, kubeconfig_bearer_token
+from rollout.installing import CrdError, apply_crds, packaged_crds
+from rollout.kube import ApiError, ConfigError, KubeClient, kubeconfig_bearer_token
+from rollout.probes import ListenError
 from rollout.reporting import configure_logging
-from rollout.settings import AnalysisSettings, ApiSettings, QueueSettings, Settings
+from rollout.settings import (
+    AnalysisSettings,
+    ApiSettings,
+    LeaderElectionSettings,
+    MetricsSettings,
+    QueueSettings,
+    Settings,
+)
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 WATCH_INTERVAL = 1.0  # seconds between two reads of `sluice get --watch`
@@ -62,6 +73,51 @@ def _controller_parser(commands: Any) -> None:
                      help="serve the API without TLS on a non-loopback address (bearer tokens in clear text)")
     ctl.add_argument("--webhook-secret", metavar="NAMESPACE/NAME",
                      help="Secret whose key `hmac` signs registry webhook calls (default: webhook disabled)")
+    _leader_election_flags(ctl)
+    _metrics_flags(ctl)
+
+
+def _metrics_flags(ctl: Any) -> None:
+    ctl.add_argument("--metrics-address", default=MetricsSettings.address,
+                     help="address of the plain-HTTP listener for /metrics, /healthz and /readyz (no TLS, no tokens; "
+                          "default: all interfaces, for the kubelet and Prometheus)")
+    ctl.add_argument("--metrics-port", type=int, default=MetricsSettings.port,
+                     help="port of the metrics and probe listener (0: a free port, logged)")
+
+
+def _duration(value: str) -> float:
+    """Seconds, plain ("15", "1.5") or with a unit as Kubernetes components write them ("15s", "500ms", "1m")."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if value.endswith(suffix):
+            number, factor = value.removesuffix(suffix), scale
+            break
+    else:
+        number, factor = value, 1.0
+    try:
+        seconds = float(number) * factor
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 15s, got {value!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive duration, got {value!r}")
+    return seconds
+
+
+def _leader_election_flags(ctl: Any) -> None:
+    defaults = LeaderElectionSettings()
+    ctl.add_argument("--leader-elect", action="store_true",
+                     help="run several replicas: only the holder of a Lease reconciles (default: off, this process "
+                          "reconciles)")
+    ctl.add_argument("--leader-election-namespace", default=os.environ.get("POD_NAMESPACE") or defaults.namespace,
+                     help="namespace of the Lease (default: $POD_NAMESPACE, else default)")
+    ctl.add_argument("--leader-election-name", default=defaults.name, help="name of the Lease")
+    ctl.add_argument("--leader-election-lease-duration", type=_duration, default=defaults.lease_duration,
+                     metavar="DURATION", help="how long the others wait after the Lease's last change before "
+                                              "taking over (default: 15s)")
+    ctl.add_argument("--leader-election-renew-deadline", type=_duration, default=defaults.renew_deadline,
+                     metavar="DURATION", help="the leader stops reconciling if it cannot renew for this long "
+                                              "(default: 10s)")
+    ctl.add_argument("--leader-election-retry-period", type=_duration, default=defaults.retry_period,
+                     metavar="DURATION", help="how often the leader renews and the others look (default: 2s)")
 
 
 def _image_assignment(value: str) -> tuple[str, str]:
@@ -111,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _controller_parser(commands)
     _client_parsers(commands)
+    _crds_parser(commands)
     return parser
 
 
@@ -166,16 +223,48 @@ async def _run_controller(args: argparse.Namespace) -> int:
         await controller.run()
     except asyncio.CancelledError:
         pass
+    except ListenError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     finally:
         await client.close()
     return EXIT_OK
 
 
+def leader_election_settings(args: argparse.Namespace) -> LeaderElectionSettings | None:
+    """The Lease's settings from `sluice controller` flags (None without --leader-elect); UsageError unless
+    retry period < renew deadline < lease duration, which is what keeps two leaders from overlapping."""
+    if not args.leader_elect:
+        return None
+    election = LeaderElectionSettings(
+        namespace=args.leader_election_namespace, name=args.leader_election_name,
+        lease_duration=args.leader_election_lease_duration, renew_deadline=args.leader_election_renew_deadline,
+        retry_period=args.leader_election_retry_period,
+    )
+    if not election.renew_deadline < election.lease_duration:
+        raise UsageError("--leader-election-renew-deadline must be shorter than --leader-election-lease-duration")
+    if not election.retry_period < election.renew_deadline:
+        raise UsageError("--leader-election-retry-period must be shorter than --leader-election-renew-deadline")
+    return election
+
+
 def controller_settings(args: argparse.Namespace) -> Settings:
     """`sluice controller` flags as Settings; UsageError for combinations that cannot work."""
-    settings = Settings(namespaces=tuple(args.namespace), api=api_settings(args))
+    settings = Settings(namespaces=tuple(args.namespace), api=api_settings(args),
+                        leader_election=leader_election_settings(args))
     return replace(settings, queue=replace(settings.queue, workers=args.workers, resync_seconds=args.resync_seconds),
-                   analysis=replace(settings.analysis, workers=args.analysis_workers))
+                   analysis=replace(settings.analysis, workers=args.analysis_workers), metrics=metrics_settings(args))
+
+
+def metrics_settings(args: argparse.Namespace) -> MetricsSettings:
+    """The probe and metrics listener's settings from `sluice controller` flags (UsageError for a bad port)."""
+    if not 0 <= args.metrics_port <= 65535:
+        raise UsageError(f"--metrics-port wants 0..65535, got {args.metrics_port}")
+    if args.metrics_port and args.metrics_port == args.api_port and (
+            args.metrics_address == args.api_address or "0.0.0.0" in (args.metrics_address, args.api_address)
+            or "::" in (args.metrics_address, args.api_address)):
+        raise UsageError(f"--metrics-port and --api-port are both {args.api_port}: give them different ports")
+    return MetricsSettings(address=args.metrics_address, port=args.metrics_port)
 
 
 def _controller(args: argparse.Namespace) -> int:
@@ -286,12 +375,53 @@ async def _run_client(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- crds --------------------------------------------------------------------------------------------------------
+
+
+def _crds_parser(commands: Any) -> None:
+    crds = commands.add_parser("crds", help="the CRDs packaged with sluice (for installers)")
+    crds_commands = crds.add_subparsers(dest="crds_command", required=True)
+    apply = crds_commands.add_parser(
+        "apply", help="server-side apply the packaged CRDs (field manager sluice) and wait until Established")
+    apply.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    apply.add_argument("--context", help="kubeconfig context")
+    apply.add_argument("--timeout", type=float, default=60.0,
+                       help="seconds to wait for the CRDs to be Established (default: 60)")
+
+
+async def _run_crds_apply(args: argparse.Namespace) -> int:
+    """Print one block per CRD (what changed), then a summary line; errors as one line on stderr."""
+    try:
+        docs = packaged_crds()
+        client = await KubeClient.connect(kubeconfig=args.kubeconfig, context=args.context)
+    except (ConfigError, CrdError) as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        changes = await apply_crds(client, docs, wait_seconds=args.timeout)
+    except ApiError as exc:
+        print(f"sluice: cannot apply the CRDs: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE if exc.temporary else EXIT_REFUSED
+    except CrdError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    finally:
+        await client.close()
+    for change in changes:
+        print("\n".join(change.lines()))
+    counts = {action: sum(c.action == action for c in changes) for action in ("created", "updated", "unchanged")}
+    print(f"{len(changes)} CRDs Established ({', '.join(f'{n} {action}' for action, n in counts.items())})")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "controller":
         return _controller(args)
     # A client prints one line per failure; kubernetes-asyncio's warnings (say, "Config not found") would add more.
     logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
+    if args.command == "crds":
+        return asyncio.run(_run_crds_apply(args))
     try:
         return asyncio.run(_run_client(args))
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""The controller's own Prometheus metrics, served by the operator API at `GET /metrics` (docs/api.md).
+"""The controller's own Prometheus metrics, served at `GET /metrics` (docs/operations.md, docs/api.md).
 
 `Metrics` owns a private `CollectorRegistry`, never prometheus_client's global one, so several controllers (or
 tests) in one process do not clash. The pieces that do the work report into it through small methods: the reconciler
@@ -6,17 +6,26 @@ tests) in one process do not clash. The pieces that do the work report into it t
 (`observe_request`) and its reviewer (`count_review`). Each of them takes `metrics: Metrics | None` and does nothing
 without one.
 
-What the Rollouts look like (`sluice_rollouts` by phase, `sluice_rollout_canary_weight` per Rollout) is not counted
-as it happens but read from the informer's Rollout store at scrape time, so it is never stale and a deleted Rollout's
-series goes with it. Every label is bounded: routes are templates, never raw paths with names in them.
+What the Rollouts look like (`sluice_rollouts` by phase, `sluice_rollout_canary_weight` per Rollout, and
+`sluice_rollout_condition_since_timestamp_seconds`, since when a condition that alerts care about has been True) is
+not counted as it happens but read from the informer's Rollout store at scrape time, so it is never stale and a
+deleted Rollout's series goes with it. Every label is bounded: routes are templates, never raw paths with names in
+them; condition types are a fixed list and reasons are the controller's own words (or a Kubernetes status reason).
+
+`sluice_leader` is 1 while this process reconciles: always without leader election, and with it only while it holds
+the Lease (the elector calls `set_leader`). Alerts sum it over the replicas: 0 means nobody reconciles.
+
+The controller serves the registry on its plain-HTTP listener (rollout/probes.py) and on the operator API.
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
@@ -28,10 +37,14 @@ from rollout.watching import Store
 ROLLOUT_PHASES = ("Healthy", "Progressing", "Paused", "Degraded")
 UNKNOWN_PHASE = "Unknown"
 RECONCILE_OUTCOMES = ("ok", "requeue", "backoff", "error")
+# Conditions that alerts watch (docs/runbooks/): exported while True, with the moment they turned True. Progressing
+# and Available are True on every healthy Rollout, and InvalidSpec comes with Degraded (reason InvalidSpec).
+ALERTING_CONDITIONS = ("Degraded", "Paused", "ReconcileError")
 
 
 class RolloutCollector(Collector):
-    """Reads the Rollout store at scrape time: how many Rollouts are in each phase, and each one's canary weight."""
+    """Reads the Rollout store at scrape time: how many Rollouts are in each phase, each one's canary weight, and
+    since when its alerting conditions have been True."""
 
     def __init__(self, rollouts: Store) -> None:
         self._rollouts = rollouts
@@ -40,7 +53,7 @@ class RolloutCollector(Collector):
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
-        phases, weights = self._families()
+        phases, weights, since = self._families()
         tally: Tally[str] = Tally()
         for key, body in self._rollouts.items():
             status = body.get("status") or {}
@@ -49,9 +62,11 @@ class RolloutCollector(Collector):
             weight = status.get("canaryWeight")
             if isinstance(weight, int | float) and not isinstance(weight, bool):
                 weights.add_metric([key.namespace, key.name], weight)
+            for type_, reason, seconds in alerting_conditions(status):
+                since.add_metric([key.namespace, key.name, type_, reason], seconds)
         for phase in (*ROLLOUT_PHASES, UNKNOWN_PHASE):
             phases.add_metric([phase], tally[phase])
-        return [phases, weights]
+        return [phases, weights, since]
 
     @staticmethod
     def _families() -> list[GaugeMetricFamily]:
@@ -61,13 +76,40 @@ class RolloutCollector(Collector):
             GaugeMetricFamily("sluice_rollout_canary_weight",
                               "The percentage of traffic on the canary (status.canaryWeight), per Rollout.",
                               labels=["namespace", "rollout"]),
+            GaugeMetricFamily("sluice_rollout_condition_since_timestamp_seconds",
+                              "When a Rollout's condition (Degraded, Paused, ReconcileError) turned True, as Unix "
+                              "seconds (its lastTransitionTime, which a change of reason alone keeps); no series "
+                              "while the condition is not True.",
+                              labels=["namespace", "rollout", "type", "reason"]),
         ]
 
 
-class Metrics:
-    """The controller's metrics in their own registry; `rollouts` (the informer's store) adds the Rollout gauges."""
+def alerting_conditions(status: Mapping[str, Any]) -> list[tuple[str, str, float]]:
+    """(type, reason, lastTransitionTime as Unix seconds) of the status's True conditions that alerts watch.
 
-    def __init__(self, rollouts: Store | None = None) -> None:
+    A condition without a readable transition time is left out rather than exported as 0 (which would look like an
+    age of decades to `time() - ...`)."""
+    found = []
+    for cond in status.get("conditions") or []:
+        if not isinstance(cond, Mapping) or cond.get("type") not in ALERTING_CONDITIONS or cond.get("status") != "True":
+            continue
+        try:
+            since = datetime.fromisoformat(str(cond.get("lastTransitionTime", "")).replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if since.tzinfo is None:
+            continue
+        found.append((str(cond["type"]), str(cond.get("reason") or ""), since.timestamp()))
+    return found
+
+
+class Metrics:
+    """The controller's metrics in their own registry; `rollouts` (the informer's store) adds the Rollout gauges.
+
+    `leader` is where `sluice_leader` starts: True without leader election; with it, False until the Lease is won.
+    """
+
+    def __init__(self, rollouts: Store | None = None, *, leader: bool = True) -> None:
         self.registry = CollectorRegistry()
         self._reconcile = Histogram(
             "sluice_reconcile_duration_seconds", "Time taken by one reconcile of one Rollout, by outcome.",
@@ -93,10 +135,19 @@ class Metrics:
             "sluice_analysis_measurements", "Analysis measurements taken, by provider and measurement phase.",
             ["provider", "phase"], registry=self.registry,
         )
+        self._leader = Gauge(
+            "sluice_leader", "1 while this process reconciles (holds the leader Lease; always 1 without election).",
+            registry=self.registry,
+        )
+        self.set_leader(leader)
         for outcome in RECONCILE_OUTCOMES:
             self._reconcile.labels(outcome)  # present from the start, so rate() sees the first one
         if rollouts is not None:
             self.registry.register(RolloutCollector(rollouts))
+
+    def set_leader(self, leader: bool) -> None:
+        """Called by the leader elector when this process gains or loses the Lease."""
+        self._leader.set(1 if leader else 0)
 
     def observe_reconcile(self, seconds: float, outcome: str) -> None:
         self._reconcile.labels(outcome).observe(seconds)

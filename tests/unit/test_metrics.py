@@ -1,10 +1,12 @@
 """The controller's metrics: every family of docs/api.md in the exposition, a private registry per Metrics, bounded
-labels, the Rollout gauges read from the store at scrape time, and the reconciler's and analysis runner's hooks
-(over fake clients, no Kubernetes)."""
+labels, the Rollout gauges read from the store at scrape time (phases, weights, and since when the conditions that
+alerts watch have been True), the leader gauge, and the reconciler's and analysis runner's hooks (over fake clients,
+no Kubernetes)."""
 
 from __future__ import annotations
 
 import socket
+from datetime import UTC, datetime
 from typing import Any, cast
 
 import pytest
@@ -22,17 +24,21 @@ from rollout.watching import Store
 FAMILIES = (
     "sluice_reconcile_duration_seconds", "sluice_api_requests", "sluice_api_request_duration_seconds",
     "sluice_kube_api_errors", "sluice_auth_reviews", "sluice_analysis_measurements", "sluice_rollouts",
-    "sluice_rollout_canary_weight",
+    "sluice_rollout_canary_weight", "sluice_rollout_condition_since_timestamp_seconds", "sluice_leader",
 )
+SINCE = "sluice_rollout_condition_since_timestamp_seconds"
 ROUTE = "/api/v1/namespaces/{ns}/rollouts/{name}/pause"
 
 
-def rollout(name: str, *, namespace: str = "shop", phase: str | None = None, weight: int | None = None) -> Body:
+def rollout(name: str, *, namespace: str = "shop", phase: str | None = None, weight: int | None = None,
+            conditions: list[dict[str, str]] | None = None) -> Body:
     status: dict[str, Any] = {}
     if phase is not None:
         status["phase"] = phase
     if weight is not None:
         status["canaryWeight"] = weight
+    if conditions is not None:
+        status["conditions"] = conditions
     return {"metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"}, "spec": {},
             "status": status}
 
@@ -114,6 +120,59 @@ def test_canary_weight_is_read_from_the_store_at_scrape_time() -> None:
     assert value(metrics, "sluice_rollout_canary_weight", namespace="shop", rollout="web") == 50
     assert value(metrics, "sluice_rollout_canary_weight", namespace="pay", rollout="api") is None
     assert value(metrics, "sluice_rollouts", phase="Healthy") == 0
+
+
+def cond(type_: str, reason: str, *, status: str = "True", since: str = "2026-03-01T12:00:00Z") -> dict[str, str]:
+    return {"type": type_, "status": status, "reason": reason, "message": "", "lastTransitionTime": since}
+
+
+@pytest.mark.parametrize(("type_", "reason"), [
+    ("Degraded", "RolloutAborted"), ("Degraded", "ProgressDeadlineExceeded"), ("Degraded", "InvalidSpec"),
+    ("Paused", "CanaryPauseStep"), ("Paused", "InconclusiveAnalysis"), ("Paused", "BlueGreenPause"),
+    ("Paused", "PausedByUser"), ("ReconcileError", "Forbidden"),
+])
+def test_a_true_condition_is_exported_with_its_transition_time(type_: str, reason: str) -> None:
+    store = Store()
+    store.put(rollout("web", phase="Degraded", conditions=[cond(type_, reason)]))
+    metrics = Metrics(store)
+    assert value(metrics, SINCE, namespace="shop", rollout="web", type=type_, reason=reason) == datetime(
+        2026, 3, 1, 12, tzinfo=UTC).timestamp()
+
+
+def test_only_true_conditions_that_alerts_watch_are_exported() -> None:
+    store = Store()
+    store.put(rollout("web", phase="Healthy", conditions=[
+        cond("Progressing", "RolloutCompleted"), cond("Available", "AvailableReplicas"),  # True on every Rollout
+        cond("Degraded", "RolloutAborted", status="False"), cond("ReconcileError", "Reconciled", status="False"),
+        cond("Paused", "CanaryPauseStep", since="not a time"), cond("Paused", "PausedByUser", since=""),
+    ]))
+    store.put(rollout("new"))  # no status yet
+    assert scrape(Metrics(store))[SINCE] == []
+
+
+def test_condition_series_follow_the_store_at_scrape_time() -> None:
+    store = Store()
+    store.put(rollout("web", conditions=[cond("Paused", "CanaryPauseStep"),
+                                         cond("ReconcileError", "Forbidden", since="2026-03-01T12:00:30.250Z")]))
+    metrics = Metrics(store)
+    assert {labels["type"] for labels, _ in scrape(metrics)[SINCE]} == {"Paused", "ReconcileError"}
+    assert value(metrics, SINCE, namespace="shop", rollout="web", type="ReconcileError",
+                 reason="Forbidden") == datetime(2026, 3, 1, 12, 0, 30, 250000, tzinfo=UTC).timestamp()
+
+    resumed = rollout("web", conditions=[cond("Paused", "CanaryPauseStep", status="False")])
+    resumed["metadata"]["resourceVersion"] = "2"
+    store.put(resumed)
+    assert scrape(metrics)[SINCE] == []
+
+
+def test_leader_is_one_without_election_and_follows_the_elector() -> None:
+    metrics = Metrics()
+    assert value(metrics, "sluice_leader") == 1
+    metrics.set_leader(False)
+    assert value(metrics, "sluice_leader") == 0
+    metrics.set_leader(True)
+    assert value(metrics, "sluice_leader") == 1
+    assert value(Metrics(leader=False), "sluice_leader") == 0  # with election: not the leader until it wins
 
 
 # -- hooks -----------------------------------------------------------------------------------------------------
