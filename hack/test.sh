@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 hack/bootstrap.sh
 hack/build-control-plane.sh >/dev/null
+hack/build-helm.sh >/dev/null
 hack/install-prometheus.sh
 
 echo "== ruff" && .venv/bin/ruff check .
