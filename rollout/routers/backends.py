@@ -4,8 +4,9 @@ them with a guarded JSON Patch, and retrying a write whose object moved under it
 The Istio router (VirtualService `spec.http[].route[]`) and the Gateway API router (HTTPRoute
 `spec.rules[].backendRefs[]`) both split traffic with a list of routes, each holding a weighted list of backends;
 `Layout` says where those lists are in one kind, and a `Backend` says how one side is recognised (a Service host, a
-DestinationRule subset, a Service backendRef). The SMI router owns its whole object and only needs `agreed_weight`
-and `write_optimistically`. All of this is pure except `write_optimistically`, which only calls what it is given.
+DestinationRule subset, a Service backendRef); `RoutedWeights` is the router part both build on (read the object,
+judge and write the weights). The SMI router owns its whole object and only needs `agreed_weight` and
+`write_optimistically`. The functions are pure except `write_optimistically`, which only calls what it is given.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rollout.kube import ApiError, Body
+from rollout.kube import ApiError, Body, KubeClient, NotFound, Resource
 from rollout.routers import UNKNOWN_WEIGHT, RouterError
 
 # A write is tried this often: the first against what verify() read, the others after reading again.
@@ -166,3 +167,58 @@ async def write_optimistically(*, read: Callable[[], Awaitable[None]], write: Ca
             continue
         keep(written)
         return
+
+
+class RoutedWeights:
+    """A router over a user-owned object whose routes hold the two weights: `verify` reads it and finds the routes,
+    `current_weight` judges them, `set_weight` writes a guarded patch. Subclasses say which object (`resource`,
+    `layout`) and how each side is recognised (`_sides`)."""
+
+    resource: Resource
+    layout: Layout
+
+    def __init__(self, client: KubeClient, *, name: str, namespace: str, routes: Sequence[str]) -> None:
+        self._client = client
+        self._name = name
+        self._object_namespace = namespace
+        self._route_names = tuple(routes)
+        self._body: Body | None = None
+        self._refs: tuple[SplitRef, ...] = ()
+
+    @property
+    def _where(self) -> str:
+        return f"{self.resource.kind} {self._object_namespace}/{self._name}"
+
+    def _sides(self) -> tuple[Backend, Backend]:
+        raise NotImplementedError
+
+    async def verify(self) -> None:
+        try:
+            body = await self._client.get(self.resource, name=self._name, namespace=self._object_namespace)
+        except NotFound as exc:
+            raise RouterError(f"{self._where} not found") from exc
+        self._keep(body)
+
+    def _keep(self, body: Body) -> None:
+        stable, canary = self._sides()
+        self._refs = resolve(body, self.layout, names=self._route_names, stable=stable, canary=canary,
+                             where=self._where)
+        self._body = body
+
+    async def current_weight(self) -> int:
+        if self._body is None:
+            await self.verify()
+        assert self._body is not None
+        return current_weight(self._body, self.layout, self._refs)
+
+    async def set_weight(self, weight: int) -> None:
+        async def write() -> Body:
+            assert self._body is not None
+            return await self._client.patch(self.resource, name=self._name, namespace=self._object_namespace,
+                                            patch=weight_patch(self._body, self.layout, self._refs, weight),
+                                            patch_type="json")
+
+        await write_optimistically(read=self.verify, write=write, keep=self._keep, fresh=self._body is not None)
+
+    async def reset(self) -> None:
+        await self.set_weight(0)

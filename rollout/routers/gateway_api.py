@@ -15,17 +15,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from rollout.kube import HTTPROUTES, Body, KubeClient, NotFound
-from rollout.routers import RouterError, RouterTarget
-from rollout.routers.backends import (
-    Backend,
-    Layout,
-    SplitRef,
-    current_weight,
-    resolve,
-    weight_patch,
-    write_optimistically,
-)
+from rollout.kube import HTTPROUTES, KubeClient
+from rollout.routers import RouterTarget
+from rollout.routers.backends import Backend, Layout, RoutedWeights
 
 LAYOUT = Layout(routes=("spec", "rules"), backends="backendRefs", route_kind="rule", route_noun="rule",
                 backend_noun="backendRef", default_weight=1)
@@ -44,50 +36,18 @@ def service_ref(service: str, *, namespace: str, route_namespace: str) -> Backen
                    lambda ref: is_service_ref(ref, service, namespace=namespace, route_namespace=route_namespace))
 
 
-class GatewayApiRouter:
+class GatewayApiRouter(RoutedWeights):
+    resource = HTTPROUTES
+    layout = LAYOUT
+
     def __init__(self, client: KubeClient, target: RouterTarget) -> None:
-        self._client = client
-        self._namespace = target.namespace
-        self._route_namespace = str(target.config.get("namespace") or target.namespace)
-        self._name = str(target.config.get("httpRoute", ""))
-        self._rules = tuple(str(r) for r in target.config.get("rules") or ())
-        self._stable = service_ref(target.stable_service or "", namespace=self._namespace,
-                                   route_namespace=self._route_namespace)
-        self._canary = service_ref(target.canary_service or "", namespace=self._namespace,
-                                   route_namespace=self._route_namespace)
-        self._body: Body | None = None
-        self._refs: tuple[SplitRef, ...] = ()
+        route_namespace = str(target.config.get("namespace") or target.namespace)
+        super().__init__(client, name=str(target.config.get("httpRoute", "")), namespace=route_namespace,
+                         routes=[str(r) for r in target.config.get("rules") or ()])
+        self._stable = service_ref(target.stable_service or "", namespace=target.namespace,
+                                   route_namespace=route_namespace)
+        self._canary = service_ref(target.canary_service or "", namespace=target.namespace,
+                                   route_namespace=route_namespace)
 
-    @property
-    def _where(self) -> str:
-        return f"HTTPRoute {self._route_namespace}/{self._name}"
-
-    async def verify(self) -> None:
-        try:
-            body = await self._client.get(HTTPROUTES, name=self._name, namespace=self._route_namespace)
-        except NotFound as exc:
-            raise RouterError(f"{self._where} not found") from exc
-        self._keep(body)
-
-    def _keep(self, body: Body) -> None:
-        self._refs = resolve(body, LAYOUT, names=self._rules, stable=self._stable, canary=self._canary,
-                             where=self._where)
-        self._body = body
-
-    async def current_weight(self) -> int:
-        if self._body is None:
-            await self.verify()
-        assert self._body is not None
-        return current_weight(self._body, LAYOUT, self._refs)
-
-    async def set_weight(self, weight: int) -> None:
-        async def write() -> Body:
-            assert self._body is not None
-            return await self._client.patch(HTTPROUTES, name=self._name, namespace=self._route_namespace,
-                                            patch=weight_patch(self._body, LAYOUT, self._refs, weight),
-                                            patch_type="json")
-
-        await write_optimistically(read=self.verify, write=write, keep=self._keep, fresh=self._body is not None)
-
-    async def reset(self) -> None:
-        await self.set_weight(0)
+    def _sides(self) -> tuple[Backend, Backend]:
+        return self._stable, self._canary

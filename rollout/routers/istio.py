@@ -20,17 +20,7 @@ from typing import Any
 
 from rollout.kube import DESTINATIONRULES, VIRTUALSERVICES, Body, KubeClient, NotFound, Resource
 from rollout.routers import Role, RouterError, RouterTarget, TrafficRouter
-from rollout.routers.backends import (
-    Backend,
-    JsonPatch,
-    Layout,
-    SplitRef,
-    current_weight,
-    pointer,
-    resolve,
-    weight_patch,
-    write_optimistically,
-)
+from rollout.routers.backends import Backend, JsonPatch, Layout, RoutedWeights, pointer, write_optimistically
 from strategies.model import HASH_LABEL
 
 LAYOUT = Layout(routes=("spec", "http"), backends="route", route_kind="HTTP route", route_noun="route",
@@ -82,23 +72,19 @@ def subset_hash_patch(rule: Mapping[str, Any], index: int, hash_: str) -> JsonPa
     return ops
 
 
-class IstioRouter:
+class IstioRouter(RoutedWeights):
     """Host-level split: destinations are the stable and canary Services."""
+
+    resource = VIRTUALSERVICES
+    layout = LAYOUT
 
     def __init__(self, client: KubeClient, target: RouterTarget) -> None:
         vs = target.config.get("virtualService") or {}
-        self._client = client
+        super().__init__(client, name=str(vs.get("name", "")), namespace=target.namespace,
+                         routes=[str(r) for r in vs.get("routes") or ()])
         self._namespace = target.namespace
-        self._name = str(vs.get("name", ""))
-        self._routes = tuple(str(r) for r in vs.get("routes") or ())
         self._stable = target.stable_service or ""
         self._canary = target.canary_service or ""
-        self._body: Body | None = None
-        self._refs: tuple[SplitRef, ...] = ()
-
-    @property
-    def _where(self) -> str:
-        return f"VirtualService {self._namespace}/{self._name}"
 
     async def _get(self, resource: Resource, name: str) -> Body:
         try:
@@ -108,32 +94,6 @@ class IstioRouter:
 
     def _sides(self) -> tuple[Backend, Backend]:
         return service_backend(self._stable, self._namespace), service_backend(self._canary, self._namespace)
-
-    async def verify(self) -> None:
-        self._keep(await self._get(VIRTUALSERVICES, self._name))
-
-    def _keep(self, body: Body) -> None:
-        stable, canary = self._sides()
-        self._refs = resolve(body, LAYOUT, names=self._routes, stable=stable, canary=canary, where=self._where)
-        self._body = body
-
-    async def current_weight(self) -> int:
-        if self._body is None:
-            await self.verify()
-        assert self._body is not None
-        return current_weight(self._body, LAYOUT, self._refs)
-
-    async def set_weight(self, weight: int) -> None:
-        async def write() -> Body:
-            assert self._body is not None
-            return await self._client.patch(VIRTUALSERVICES, name=self._name, namespace=self._namespace,
-                                            patch=weight_patch(self._body, LAYOUT, self._refs, weight),
-                                            patch_type="json")
-
-        await write_optimistically(read=self.verify, write=write, keep=self._keep, fresh=self._body is not None)
-
-    async def reset(self) -> None:
-        await self.set_weight(0)
 
 
 class IstioSubsetRouter(IstioRouter):

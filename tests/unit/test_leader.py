@@ -8,7 +8,6 @@ import asyncio
 import contextlib
 import copy
 import itertools
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -32,6 +31,7 @@ from rollout.leader import (
     released,
 )
 from rollout.settings import LeaderElectionSettings
+from tests.unit.background import background
 from tests.unit.polling import eventually
 
 ME, OTHER = "me_1_aaaaaa", "other_2_bbbbbb"
@@ -312,15 +312,8 @@ class Terms:
         return work
 
 
-@contextlib.asynccontextmanager
-async def campaigning(elector: LeaderElector, lead: Lead) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(elector.run(lead))
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def campaigning(elector: LeaderElector, lead: Lead) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return background(elector.run(lead))
 
 
 def elector(server: LeaseServer, name: str, settings: LeaderElectionSettings = FAST) -> tuple[LeaderElector, FakeApi]:

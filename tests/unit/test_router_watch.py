@@ -29,6 +29,7 @@ from rollout.queueing import ObjectKey
 from rollout.routers.refs import WATCHED, RouterRef, object_key, rollout_index, router_refs
 from rollout.settings import Settings, WatchSettings
 from rollout.watching import Informer, Store, metadata_only
+from tests.unit.background import Recorder, background
 from tests.unit.polling import eventually
 
 FAST = WatchSettings(timeout_seconds=5, error_backoff=(0.01,), unavailable_retry_seconds=0.01)
@@ -174,23 +175,8 @@ class ServedClient:
             yield event
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
-
-    def __call__(self, event_type: str, body: Body) -> None:
-        self.events.append((event_type, body["metadata"]["name"], body["metadata"]["resourceVersion"]))
-
-
-@contextlib.asynccontextmanager
-async def running(informer: Informer) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(informer.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(informer: Informer) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return background(informer.run())
 
 
 def optional_informer(client: ServedClient, recorder: Recorder, *, resource: Resource = VIRTUALSERVICES,
@@ -321,13 +307,8 @@ async def test_router_stores_keep_only_what_names_the_object() -> None:
 @contextlib.asynccontextmanager
 async def controller_running(client: ServedClient) -> AsyncIterator[Controller]:
     controller = Controller(cast(KubeClient, client), Settings(namespaces=("ns",), watch=FAST))
-    task = asyncio.create_task(controller.run())
-    try:
+    async with background(controller.run()):
         yield controller
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_controller_is_ready_without_any_router_crd_or_right() -> None:

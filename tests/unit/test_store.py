@@ -15,6 +15,7 @@ from rollout.kube import ApiError, Body, Gone, Resource, ResourceVersion
 from rollout.queueing import ObjectKey
 from rollout.settings import WatchSettings
 from rollout.watching import Informer, Store, controller_index
+from tests.unit.background import Recorder, background
 from tests.unit.polling import eventually
 
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
@@ -138,23 +139,8 @@ class FakeClient:
             yield event
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, str, str]] = []
-
-    def __call__(self, event_type: str, body: Body) -> None:
-        self.events.append((event_type, body["metadata"]["name"], body["metadata"]["resourceVersion"]))
-
-
-@contextlib.asynccontextmanager
-async def running(informer: Informer) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(informer.run())
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+def running(informer: Informer) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    return background(informer.run())
 
 
 def informer(client: FakeClient, recorder: Recorder, *, namespaces: tuple[str, ...] = ("ns",),
