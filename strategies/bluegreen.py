@@ -38,6 +38,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from strategies import common
+from strategies import runs as analysis_runs
 from strategies.common import Context, Draft, Hold
 from strategies.decision import CreateAnalysisRun, Decision, MarkScaleDown, ScaleReplicaSet, SetBackend
 from strategies.model import (
@@ -77,7 +78,7 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
         _plan_promoted(ctx, draft)
     else:
         _plan_preview(ctx, draft)
-    common.tend_analysis_runs(ctx, draft, completed=draft.summary == "Completed")
+    analysis_runs.tend_analysis_runs(ctx, draft, completed=draft.summary == "Completed")
     return common.decide(draft, observed)
 
 
@@ -127,18 +128,18 @@ def _plan_preview(ctx: Context, draft: Draft) -> None:
     spec, bg = ctx.rollout.spec, _strategy(ctx)
     needed, new, pre = _preview_replicas(ctx), ctx.canary_rs, bg.pre_promotion
     ready = new is not None and new.available >= needed and new.replicas >= needed
-    runs = common.ensure_run(ctx, draft, slot=PRE_PROMOTION, ref=pre, create=False) if pre else []
-    analysed = pre is None or (bool(runs) and common.passed(ctx, runs[0]))
+    runs = analysis_runs.ensure_run(ctx, draft, slot=PRE_PROMOTION, ref=pre, create=False) if pre else []
+    analysed = pre is None or (bool(runs) and analysis_runs.passed(ctx, runs[0]))
     gate = _gate(ctx, bg) if ready and analysed and not spec.paused else None
     full = new is not None and new.replicas >= spec.replicas and new.available >= spec.replicas
     _place(ctx, draft, promoting=gate is not None and gate.promote, full=full)
     if pre is not None and not runs:
         # Created after the preview Service moved to the new pods (in this decision's order), so it measures them.
-        common.ensure_run(ctx, draft, slot=PRE_PROMOTION, ref=pre, create=ready and not spec.paused)
+        analysis_runs.ensure_run(ctx, draft, slot=PRE_PROMOTION, ref=pre, create=ready and not spec.paused)
     draft.step_run = runs[0] if runs else None
     if _made_progress(ctx, draft):
         ctx = replace(ctx, last_progress=ctx.now)
-    if common.judge_runs(ctx, draft, runs, abort=_plan_abort, stay=_stay("preview")) is None:
+    if analysis_runs.judge_runs(ctx, draft, runs, abort=_plan_abort, stay=_stay("preview")) is None:
         return
     if gate is None:
         _wait_in_preview(ctx, draft, ready=ready)
@@ -293,16 +294,16 @@ def _plan_promoted(ctx: Context, draft: Draft) -> None:
     spec, bg = ctx.rollout.spec, _strategy(ctx)
     runs: list[AnalysisRunState] = []
     if bg.post_promotion is not None:
-        runs = common.ensure_run(ctx, draft, slot=POST_PROMOTION, ref=bg.post_promotion)
+        runs = analysis_runs.ensure_run(ctx, draft, slot=POST_PROMOTION, ref=bg.post_promotion)
     draft.step_run = runs[0] if runs else None
-    analysed = bg.post_promotion is None or (bool(runs) and common.passed(ctx, runs[0]))
+    analysed = bg.post_promotion is None or (bool(runs) and analysis_runs.passed(ctx, runs[0]))
     completing = analysed and not spec.paused
     # Until it completes the previous revision stays at full size, so a switch back finds all its pods.
     common.ensure_replica_sets(ctx, draft, {ctx.desired: spec.replicas} if completing
                                else {ctx.stable: spec.replicas, ctx.desired: spec.replicas})
     _set_preview(ctx, draft, ctx.desired, needed=_preview_replicas(ctx))
     common.retire_replica_sets(ctx, draft, keep={ctx.stable, ctx.desired}, delay=bg.abort_scale_down_delay)
-    if common.judge_runs(ctx, draft, runs, abort=_plan_abort, stay=_stay("promoted")) is None:
+    if analysis_runs.judge_runs(ctx, draft, runs, abort=_plan_abort, stay=_stay("promoted")) is None:
         return
     if completing:
         _complete(ctx, draft)

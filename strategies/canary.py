@@ -3,8 +3,8 @@
 One call looks at the Rollout (spec + status) and what the reconciler observed (ReplicaSets, the Services' current
 selectors, the router's current weight) and returns what should happen next. Everything it needs to continue lives in
 the status and in ReplicaSet labels/annotations, so a restarted controller reaches the same decision. What it shares
-with the blue-green planner (ReplicaSets, status, the stable and abort paths, AnalysisRuns) is in
-strategies/common.py; here are the steps, the weights and the traffic router.
+with the blue-green planner (ReplicaSets, status, the stable and abort paths) is in strategies/common.py, the
+AnalysisRuns in strategies/runs.py; here are the steps, the weights and the traffic router.
 
 Paths, by what the template hash says:
 - template == stable: steady state, first version, or fast rollback (steps skipped): all traffic on stable.
@@ -23,24 +23,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from strategies.common import INCONCLUSIVE_REASON as INCONCLUSIVE_REASON
 from strategies.common import (
     Context,
     Draft,
     decide,
     ensure_replica_sets,
-    ensure_run,
     finish,
     hold,
-    judge_runs,
     make_context,
-    passed,
     progress,
     retire_replica_sets,
     set_stable_backend,
     settle_abort,
     settle_stable,
-    tend_analysis_runs,
     wait_for_pods,
     warn_missing_stable,
 )
@@ -58,6 +53,8 @@ from strategies.model import (
     seconds_until,
     steps_hash,
 )
+from strategies.runs import INCONCLUSIVE_REASON as INCONCLUSIVE_REASON
+from strategies.runs import ensure_run, judge_runs, passed, tend_analysis_runs
 
 PAUSE_REASON = "CanaryPauseStep"
 

@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from strategies.bluegreen import PAUSE_REASON, plan
-from strategies.common import INCONCLUSIVE_REASON
 from strategies.decision import (
     Action,
     CreateAnalysisRun,
@@ -27,6 +26,7 @@ from strategies.decision import (
     TerminateAnalysisRun,
 )
 from strategies.model import POST_PROMOTION, PRE_PROMOTION, Observed, Rollout, RunSlot, parse_time
+from strategies.runs import INCONCLUSIVE_REASON
 
 from .test_canary_analysis import AnalysisCluster
 from .test_canary_planner import NAME, START, condition, event_reasons, hash_of, pod_template, rs_name
