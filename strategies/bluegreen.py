@@ -3,8 +3,8 @@
 The new revision comes up behind the preview Service while the stable one keeps serving through the active Service;
 promotion switches the active Service's selector to the new pods, and the old ReplicaSet keeps its pods until
 `scaleDownDelaySeconds` after the rollout completed, so a switch back is instant. There is no traffic router and no
-step list; what it shares with the canary planner (ReplicaSets, status, the stable and abort paths, AnalysisRuns) is
-in strategies/common.py.
+step list; what it shares with the canary planner is in strategies/common.py (ReplicaSets, status, the stable and
+abort paths) and strategies/runs.py (AnalysisRuns).
 
 Level-triggered: where a rollout is comes from the status, the ReplicaSets, the Services' selectors and the
 AnalysisRuns, never from memory, so a restarted controller reaches the same decision. Paths:
