@@ -276,3 +276,30 @@ async def test_controller_killed_in_preview_continues_without_repeating_or_skipp
     assert run["status"]["phase"] == "Successful" and run["metadata"]["name"].endswith("-pre")
     assert st["analysisRuns"] == [{"name": run["metadata"]["name"], "kind": "PrePromotion", "phase": "Successful",
                                    "message": run["status"].get("message", "")}]
+
+
+async def test_both_strategies_at_once_are_refused_by_the_api_server(kube: KubeClient, namespace: str) -> None:
+    body = blue_green_body()
+    body["spec"]["strategy"]["canary"] = {"stableService": "web-active", "canaryService": "web-preview",
+                                          "trafficRouting": {"istio": {"virtualService": {"name": "web"}}}}
+    with pytest.raises(ApiError) as refused:
+        await kube.create(ROLLOUTS, body, namespace=namespace)
+    assert refused.value.status == 422
+    assert "strategy needs exactly one of canary, blueGreen" in refused.value.message
+
+
+async def test_invalid_blue_green_spec_is_reported_and_nothing_is_created(
+        kube: KubeClient, namespace: str, controller: ControllerProcess) -> None:
+    # The API server cannot tell: previewReplicaCount above replicas, and a preview Service that does not exist.
+    await create_blue_green_app(kube, namespace, blue_green_body(replicas=2, previewReplicaCount=3))
+    st = await wait_status(kube, namespace, lambda s: condition(s, "InvalidSpec").get("status") == "True",
+                           what="InvalidSpec for previewReplicaCount")
+    assert "previewReplicaCount: 3 is more than spec.replicas (2)" in condition(st, "InvalidSpec")["message"]
+    assert await replica_sets(kube, namespace) == {}
+    await kube.patch(ROLLOUTS, name="web", namespace=namespace,
+                     patch={"spec": {"strategy": {"blueGreen": {"previewReplicaCount": None,
+                                                                "previewService": "web-missing"}}}})
+    st = await wait_status(kube, namespace, lambda s: "web-missing" in condition(s, "InvalidSpec").get("message", ""),
+                           what="InvalidSpec naming the missing preview Service")
+    assert f"Service {namespace}/web-missing not found" in condition(st, "InvalidSpec")["message"]
+    assert controller.alive
