@@ -7,6 +7,8 @@
 `set image` operate on one. The client commands never talk to Kubernetes themselves; they only borrow the kubeconfig
 user's bearer token (rollout.kube.kubeconfig_bearer_token) when no --token or SLUICE_TOKEN is given. `sluice crds
 apply` is for installers (the Helm chart's hook): it applies the CRDs packaged with sluice (rollout/installing.py).
+`sluice lint` checks manifests offline against the pre-flight guardrails (rollout/linting.py, docs/policy.md); its
+exit codes are its own: 0 no enforce rule failed, 1 one did, 2 usage error or unreadable input.
 
 Exit codes of the client commands (and `crds apply`): 0 done, 1 the API refused (4xx), 2 usage error (no server, no
 token, no kubeconfig), 3 the API could not be reached or failed (5xx).
@@ -27,7 +29,7 @@ import urllib.parse
 from dataclasses import replace
 from typing import Any
 
-from rollout import console
+from rollout import console, linting
 from rollout.apiclient import ApiClient, ApiClientError
 from rollout.controller import Controller
 from rollout.installing import CrdError, apply_crds, packaged_crds
@@ -42,6 +44,7 @@ from rollout.settings import (
     QueueSettings,
     Settings,
 )
+from strategies import policy
 
 EXIT_OK, EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 WATCH_INTERVAL = 1.0  # seconds between two reads of `sluice get --watch`
@@ -168,6 +171,7 @@ def _parser() -> argparse.ArgumentParser:
     _controller_parser(commands)
     _client_parsers(commands)
     _crds_parser(commands)
+    _lint_parser(commands)
     return parser
 
 
@@ -414,10 +418,59 @@ async def _run_crds_apply(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- lint --------------------------------------------------------------------------------------------------------
+
+
+def _policy_assignment(value: str) -> tuple[str, policy.Mode]:
+    rule, sep, mode = value.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected RULE=MODE, got {value!r}")
+    try:
+        return rule, policy.parse_mode(mode, rule=rule)
+    except policy.PolicyError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _lint_parser(commands: Any) -> None:
+    lint = commands.add_parser(
+        "lint", help="check manifests against the pre-flight guardrails, offline (docs/policy.md)",
+        description="Check Rollouts, Deployments, StatefulSets and DaemonSets in multi-document YAML against the "
+                    "pre-flight guardrails; other kinds are ignored, PodDisruptionBudgets count as cover. DaemonSets "
+                    "are not checked for disruption-budget and spread (one pod per node). Exit codes: 0 no enforce "
+                    "rule failed, 1 one did, 2 usage error or unreadable input.")
+    lint.add_argument("files", nargs="*", metavar="FILE", help="YAML files; - (or none, with piped input) is stdin")
+    lint.add_argument("--output", "-o", default="text", choices=["text", "json"])
+    lint.add_argument("--policy", action="append", default=[], type=_policy_assignment, metavar="RULE=MODE",
+                      help=f"override a rule's mode (enforce, warn, off; repeatable); rules: {', '.join(policy.RULES)}")
+
+
+def _run_lint(args: argparse.Namespace) -> int:
+    paths = list(args.files)
+    if not paths:
+        if sys.stdin.isatty():
+            print("sluice: lint wants FILE arguments, or - or piped input for stdin", file=sys.stderr)
+            return EXIT_USAGE
+        paths = [linting.STDIN]
+    modes = policy.resolve_modes(dict(args.policy), {}).modes
+    try:
+        sources = linting.read_sources(paths, sys.stdin)
+        results = linting.lint(sources, modes)
+    except linting.LintInputError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.output == "json":
+        print(linting.render_json(results))
+    else:
+        print(linting.render_text(results, files=len(sources)))
+    return EXIT_REFUSED if linting.blocked(results) else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "controller":
         return _controller(args)
+    if args.command == "lint":
+        return _run_lint(args)
     # A client prints one line per failure; kubernetes-asyncio's warnings (say, "Config not found") would add more.
     logging.getLogger("kubernetes_asyncio").setLevel(logging.ERROR)
     if args.command == "crds":
