@@ -3,6 +3,7 @@ the example template into a run spec whose metrics parse and whose conditions co
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,14 @@ def test_blue_green_example_parses_with_runnable_analysis() -> None:
         given = rollout_arg_values(ref.args, body, stable_hash="s", canary_hash="c")
         spec = build_run_spec([NamedTemplate("AnalysisTemplate default/success-rate", template["spec"])], given)
         assert preflight(parse_run_metrics(spec)) is None
+
+
+def test_examples_pass_the_enforced_guardrails() -> None:
+    from rollout import linting
+    from strategies import policy
+
+    paths = sorted(str(p) for p in EXAMPLES.rglob("*.yaml"))
+    sources = linting.read_sources(paths, io.StringIO())
+    results = linting.lint(sources, policy.resolve_modes({}, {}).modes)
+    assert results, "no workload found in examples/"
+    assert not [(r.file, r.workload.name, r.report.enforced) for r in results if r.report.blocked]
