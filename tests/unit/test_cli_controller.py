@@ -4,24 +4,12 @@ tokens in clear text over the network is refused with one line and exit code 2."
 from __future__ import annotations
 
 import json
-import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rollout.cli import UsageError, _parser, controller_settings, main
 from rollout.settings import ApiSettings
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """`sluice controller` configures the root logger with a handler on this test's captured stderr: undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 def _settings(*flags: str) -> ApiSettings:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -33,14 +32,6 @@ from tests.unit.polling import eventually
 LOOPBACK = MetricsSettings(address="127.0.0.1", port=0)
 
 
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """`sluice controller` configures the root logger with a handler on this test's captured stderr: undo that."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
 
 
 @pytest.fixture
