@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 from rollout.kube import Body
+from rollout.watching import Informer
 
 
 @contextlib.asynccontextmanager
@@ -21,6 +22,11 @@ async def background(work: Coroutine[Any, Any, None]) -> AsyncIterator[asyncio.T
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def running(informer: Informer) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
+    """An informer watching for the `async with` block."""
+    return background(informer.run())
 
 
 class Recorder:

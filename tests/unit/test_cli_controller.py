@@ -3,7 +3,6 @@ tokens in clear text over the network is refused with one line and exit code 2."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -52,15 +51,8 @@ def test_webhook_secret_wants_namespace_slash_name(secret: str) -> None:
         _settings("--api-address", "127.0.0.1", "--webhook-secret", secret)
 
 
-def test_the_controller_refuses_plain_http_on_all_interfaces(tmp_path: Path,
+def test_the_controller_refuses_plain_http_on_all_interfaces(kubeconfig: Path,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    kubeconfig = tmp_path / "kubeconfig"  # usable credentials; nothing listens there, and nothing is asked
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
-        "clusters": [{"name": "dev", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "alice"}}],
-        "users": [{"name": "alice", "user": {"token": "t"}}],
-    }))
     assert main(["controller", "--kubeconfig", str(kubeconfig), "--api-address", "0.0.0.0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("sluice: refusing to serve the API on 0.0.0.0 without TLS: bearer tokens would travel")

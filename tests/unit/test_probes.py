@@ -156,14 +156,7 @@ def test_metrics_flags_that_cannot_work_are_refused(flags: list[str], message: s
 
 
 def test_a_metrics_port_in_use_stops_the_controller_with_one_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    kubeconfig = tmp_path / "kubeconfig"  # usable credentials; nothing listens there, and nothing is asked
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "dev",
-        "clusters": [{"name": "dev", "cluster": {"server": "https://127.0.0.1:1"}}],
-        "contexts": [{"name": "dev", "context": {"cluster": "dev", "user": "alice"}}],
-        "users": [{"name": "alice", "user": {"token": "t"}}],
-    }))
+        kubeconfig: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -29,7 +29,7 @@ from rollout.queueing import ObjectKey
 from rollout.routers.refs import WATCHED, RouterRef, object_key, rollout_index, router_refs
 from rollout.settings import Settings, WatchSettings
 from rollout.watching import Informer, Store, metadata_only
-from tests.unit.background import Recorder, background
+from tests.unit.background import Recorder, background, running
 from tests.unit.polling import eventually
 
 FAST = WatchSettings(timeout_seconds=5, error_backoff=(0.01,), unavailable_retry_seconds=0.01)
@@ -175,8 +175,6 @@ class ServedClient:
             yield event
 
 
-def running(informer: Informer) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
-    return background(informer.run())
 
 
 def optional_informer(client: ServedClient, recorder: Recorder, *, resource: Resource = VIRTUALSERVICES,

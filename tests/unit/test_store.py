@@ -5,7 +5,6 @@ on 410 Gone and survives errors."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from rollout.kube import ApiError, Body, Gone, Resource, ResourceVersion
 from rollout.queueing import ObjectKey
 from rollout.settings import WatchSettings
 from rollout.watching import Informer, Store, controller_index
-from tests.unit.background import Recorder, background
+from tests.unit.background import Recorder, running
 from tests.unit.polling import eventually
 
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
@@ -139,8 +138,6 @@ class FakeClient:
             yield event
 
 
-def running(informer: Informer) -> contextlib.AbstractAsyncContextManager[asyncio.Task[None]]:
-    return background(informer.run())
 
 
 def informer(client: FakeClient, recorder: Recorder, *, namespaces: tuple[str, ...] = ("ns",),
