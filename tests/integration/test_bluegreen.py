@@ -115,13 +115,16 @@ class Watched:
 async def _watching(kube: KubeClient, ns: str, revision: str) -> AsyncIterator[Watched]:
     seen, stop = Watched(revision), asyncio.Event()
 
+    async def sample() -> None:
+        with contextlib.suppress(ApiError):
+            active, _ = await blue_green_selectors(kube, ns)
+            rs = (await replica_sets(kube, ns)).get(revision)
+            seen.active.append(active)
+            seen.available.append(int((rs or {}).get("status", {}).get("availableReplicas") or 0))
+
     async def poll() -> None:
         while not stop.is_set():
-            with contextlib.suppress(ApiError):
-                active, _ = await blue_green_selectors(kube, ns)
-                rs = (await replica_sets(kube, ns)).get(revision)
-                seen.active.append(active)
-                seen.available.append(int((rs or {}).get("status", {}).get("availableReplicas") or 0))
+            await sample()
             await asyncio.sleep(0.05)
 
     task = asyncio.create_task(poll())
@@ -130,6 +133,8 @@ async def _watching(kube: KubeClient, ns: str, revision: str) -> AsyncIterator[W
     finally:
         stop.set()
         await task
+        # A last look once the body is done: a switch in the final interval would otherwise go unseen.
+        await sample()
 
 
 async def _start_v2(kube: KubeClient, ns: str, body: Body) -> str:
