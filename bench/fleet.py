@@ -13,6 +13,8 @@ from typing import Any
 
 from rollout.kube import ROLLOUTS, SERVICES, VIRTUALSERVICES, Resource
 
+RESOURCES = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}}  # passes the guardrails
+
 
 def app_objects(name: str, steps: list[dict[str, Any]]) -> list[tuple[Resource, dict[str, Any]]]:
     labels = {"app": name}
@@ -27,7 +29,8 @@ def app_objects(name: str, steps: list[dict[str, Any]]) -> list[tuple[Resource, 
         (ROLLOUTS, {"apiVersion": "sluice.dev/v1alpha1", "kind": "Rollout", "metadata": {"name": name}, "spec": {
             "replicas": 1, "selector": {"matchLabels": labels},
             "template": {"metadata": {"labels": labels},
-                         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}},
+                         "spec": {"containers": [{"name": "app", "image": "registry.example/app:1",
+                                                         "resources": RESOURCES}]}},
             "strategy": {"canary": {"stableService": f"{name}-stable", "canaryService": f"{name}-canary",
                                     "trafficRouting": {"istio": {"virtualService": {"name": name}}},
                                     "steps": steps}}}}),

@@ -18,6 +18,7 @@ from rollout.kube import (
     ANALYSISRUNS,
     ANALYSISTEMPLATES,
     CLUSTERANALYSISTEMPLATES,
+    PODDISRUPTIONBUDGETS,
     REPLICASETS,
     SERVICES,
     ApiError,
@@ -32,17 +33,21 @@ from rollout.routers import SubsetRouter, TrafficRouter
 from rollout.watching import Store
 from strategies.decision import (
     Action,
+    ApplyDisruptionBudget,
     CreateAnalysisRun,
     CreateReplicaSet,
     DeleteAnalysisRun,
+    DeleteDisruptionBudget,
     DeleteReplicaSet,
     MarkScaleDown,
     ScaleReplicaSet,
     SetBackend,
     SetRevision,
+    SetSpread,
     SetWeight,
     TerminateAnalysisRun,
 )
+from strategies.guardrails import SPREAD_ANNOTATION, spread_term, with_spread
 from strategies.model import (
     HASH_LABEL,
     REVISION_ANNOTATION,
@@ -63,8 +68,10 @@ def replica_set_name(rollout_name: str, hash_: str) -> str:
 
 class Applier:
     def __init__(self, client: KubeClient, *, rollout: Body, router: TrafficRouter | None, replica_sets: Store,
-                 analysis_runs: Store, record_run: Callable[[Body], None] | None = None) -> None:
+                 analysis_runs: Store, budgets: Store | None = None,
+                 record_run: Callable[[Body], None] | None = None) -> None:
         self._client = client
+        self._budgets = budgets if budgets is not None else Store()
         self._rollout = rollout
         self._router = router
         self._replica_sets = replica_sets
@@ -83,6 +90,9 @@ class Applier:
             CreateAnalysisRun: self._create_run,
             TerminateAnalysisRun: self._terminate_run,
             DeleteAnalysisRun: self._delete_run,
+            ApplyDisruptionBudget: self._apply_budget,
+            DeleteDisruptionBudget: self._delete_budget,
+            SetSpread: self._set_spread,
         }
 
     async def apply(self, action: Action) -> None:
@@ -111,6 +121,14 @@ class Applier:
         template.setdefault("metadata", {})["labels"] = labels
         selector = copy.deepcopy(spec["selector"])
         selector["matchLabels"] = {**selector.get("matchLabels", {}), HASH_LABEL: action.hash}
+        annotations = {REVISION_ANNOTATION: str(action.revision),
+                       # The template as the Rollout had it, before the API server's defaults and sluice's spread:
+                       # `undo` restores exactly this revision (strategies/operations.py), as a fast rollback.
+                       TEMPLATE_ANNOTATION: json.dumps(spec["template"], sort_keys=True, separators=(",", ":"))}
+        spread = spec.get("spread")
+        if spread:
+            template["spec"]["affinity"] = self._affinity(template["spec"], action.hash, spread)
+            annotations[SPREAD_ANNOTATION] = spread
         return {
             "apiVersion": "apps/v1",
             "kind": "ReplicaSet",
@@ -118,11 +136,7 @@ class Applier:
                 "name": replica_set_name(meta["name"], action.hash),
                 "namespace": self._namespace,
                 "labels": {**labels, ROLLOUT_LABEL: meta["name"]},
-                # The template as the Rollout had it, before the API server's defaults: `undo` restores exactly
-                # this revision (strategies/operations.py), so it comes back as a fast rollback.
-                "annotations": {REVISION_ANNOTATION: str(action.revision),
-                                TEMPLATE_ANNOTATION: json.dumps(spec["template"], sort_keys=True,
-                                                                separators=(",", ":"))},
+                "annotations": annotations,
                 "ownerReferences": [owner_reference(self._rollout)],
             },
             "spec": {
@@ -132,6 +146,62 @@ class Applier:
                 "template": template,
             },
         }
+
+    def _affinity(self, pod_spec: Body, hash_: str, spread: str | None) -> Body:
+        match_labels = (self._rollout["spec"].get("selector") or {}).get("matchLabels") or {}
+        return with_spread(pod_spec, term=spread_term(match_labels, HASH_LABEL, hash_), spread=spread)
+
+    async def _set_spread(self, action: SetSpread) -> None:
+        """Put sluice's term into (or out of) the pod template's anti-affinity; both lists are written whole, as a
+        merge patch replaces lists, and the rest of the user's affinity is left alone."""
+        current = self._replica_sets.get(ObjectKey(self._namespace, action.name))
+        if current is None:
+            return  # gone since observed: nothing to spread
+        pod_spec = ((current.get("spec") or {}).get("template") or {}).get("spec") or {}
+        anti = self._affinity(pod_spec, action.hash, action.spread).get("podAntiAffinity") or {}
+        lists = {key: anti.get(key) for key in ("requiredDuringSchedulingIgnoredDuringExecution",
+                                                "preferredDuringSchedulingIgnoredDuringExecution")}
+        patch = {"metadata": {"annotations": {SPREAD_ANNOTATION: action.spread}},
+                 "spec": {"template": {"spec": {"affinity": {"podAntiAffinity": lists if any(lists.values())
+                                                             else None}}}}}
+        await self._patch_rs(action.name, patch)
+
+    async def _apply_budget(self, action: ApplyDisruptionBudget) -> None:
+        """Create sluice's PodDisruptionBudget, or set its whole spec (a JSON patch: the selector is replaced, not
+        merged with an edited one). observe() refused a namesake sluice does not control."""
+        meta = self._rollout["metadata"]
+        spec = {"minAvailable": action.min_available, "selector": copy.deepcopy(self._rollout["spec"]["selector"])}
+        if action.create:
+            body: Body = {
+                "apiVersion": PODDISRUPTIONBUDGETS.api_version, "kind": PODDISRUPTIONBUDGETS.kind,
+                "metadata": {"name": action.name, "namespace": self._namespace,
+                             "labels": {ROLLOUT_LABEL: meta["name"]},
+                             "ownerReferences": [owner_reference(self._rollout)]},
+                "spec": spec,
+            }
+            try:
+                self._budgets.put(await self._client.create(PODDISRUPTIONBUDGETS, body, namespace=self._namespace))
+                return
+            except Conflict:  # our cache was behind, or a namesake appeared since observed: never take that over
+                found = await self._client.get(PODDISRUPTIONBUDGETS, name=action.name, namespace=self._namespace)
+                if not any(o.get("uid") == meta["uid"] for o in found["metadata"].get("ownerReferences") or []):
+                    raise ApiError(status=409, reason="AlreadyExists", message=(
+                        f"PodDisruptionBudget {self._namespace}/{action.name} exists and is not controlled by this "
+                        "Rollout; delete or rename it so sluice can keep spec.disruptionBudget")) from None
+        patched = await self._client.patch(PODDISRUPTIONBUDGETS, name=action.name, namespace=self._namespace,
+                                           patch=[{"op": "add", "path": "/spec", "value": spec}], patch_type="json")
+        self._budgets.put(patched)
+
+    async def _delete_budget(self, action: DeleteDisruptionBudget) -> None:
+        uid = self._budget_uid(action.name)  # never a namesake created since we looked
+        await self._client.delete(PODDISRUPTIONBUDGETS, name=action.name, namespace=self._namespace,
+                                  preconditions={"uid": uid} if uid else None)
+        if ObjectKey(self._namespace, action.name) in self._budgets:
+            self._budgets.delete({"metadata": {"namespace": self._namespace, "name": action.name}})
+
+    def _budget_uid(self, name: str) -> str:
+        current = self._budgets.get(ObjectKey(self._namespace, name)) or {}
+        return str((current.get("metadata") or {}).get("uid", ""))
 
     async def _patch_rs(self, name: str, patch: Body) -> None:
         patched = await self._client.patch(REPLICASETS, name=name, namespace=self._namespace, patch=patch)

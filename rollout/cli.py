@@ -76,6 +76,9 @@ def _controller_parser(commands: Any) -> None:
                      help="serve the API without TLS on a non-loopback address (bearer tokens in clear text)")
     ctl.add_argument("--webhook-secret", metavar="NAMESPACE/NAME",
                      help="Secret whose key `hmac` signs registry webhook calls (default: webhook disabled)")
+    ctl.add_argument("--policy", action="append", default=[], type=_policy_assignment, metavar="RULE=MODE",
+                     help="the cluster's mode for a guardrail rule (enforce, warn, off; repeatable; docs/policy.md); "
+                          f"rules: {', '.join(policy.RULES)}")
     _leader_election_flags(ctl)
     _metrics_flags(ctl)
 
@@ -255,7 +258,7 @@ def leader_election_settings(args: argparse.Namespace) -> LeaderElectionSettings
 def controller_settings(args: argparse.Namespace) -> Settings:
     """`sluice controller` flags as Settings; UsageError for combinations that cannot work."""
     settings = Settings(namespaces=tuple(args.namespace), api=api_settings(args),
-                        leader_election=leader_election_settings(args))
+                        leader_election=leader_election_settings(args), policy=dict(args.policy))
     return replace(settings, queue=replace(settings.queue, workers=args.workers, resync_seconds=args.resync_seconds),
                    analysis=replace(settings.analysis, workers=args.analysis_workers), metrics=metrics_settings(args))
 

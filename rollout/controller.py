@@ -30,9 +30,10 @@ from typing import Any
 from rollout.analyzing import AnalysisRunner
 from rollout.api import ApiServer
 from rollout.auth import Reviewer
-from rollout.kube import ANALYSISRUNS, REPLICASETS, ROLLOUTS, Body, KubeClient
+from rollout.kube import ANALYSISRUNS, PODDISRUPTIONBUDGETS, REPLICASETS, ROLLOUTS, Body, KubeClient
 from rollout.leader import LeaderElector
 from rollout.metrics import Metrics
+from rollout.observing import budget_index
 from rollout.probes import ProbeServer
 from rollout.queueing import ObjectKey, RetryLater, WorkQueue, run_workers
 from rollout.reconciler import Backoff, Reconciler
@@ -41,6 +42,7 @@ from rollout.routers.refs import WATCHED, object_key, rollout_index
 from rollout.settings import QueueSettings, Settings
 from rollout.watching import Informer, Store, controller_index, metadata_only
 from strategies.model import ROLLOUT_LABEL
+from strategies.policy import selector_matches
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Controller:
         self.rollouts = Store(index=rollout_index)  # by the router objects each Rollout uses
         self.replica_sets = Store(index=controller_index("Rollout"))
         self.analysis_runs = Store(index=controller_index("Rollout"))
+        self.budgets = Store(index=budget_index)  # PodDisruptionBudgets: sluice's own, and the users' that count
         self.analysis_queue = WorkQueue(QueueSettings(error_backoff=settings.analysis.error_backoff))
         self._runs_seen: dict[ObjectKey, tuple[Any, Any]] = {}  # generation and phase, as last reported
         self._client = client
@@ -64,6 +67,9 @@ class Controller:
             Informer(client, REPLICASETS, namespaces=settings.namespaces, label_selector=ROLLOUT_LABEL,
                      settings=settings.watch, store=self.replica_sets, on_change=self._replica_set_changed),
             run_informer,
+            # Every PodDisruptionBudget, not only sluice's: one a user writes satisfies the disruption-budget rule.
+            Informer(client, PODDISRUPTIONBUDGETS, namespaces=settings.namespaces, settings=settings.watch,
+                     store=self.budgets, on_change=self._budget_changed),
         )
         # Router objects only say which Rollouts to wake: each router GETs its object when it runs. So their stores
         # keep metadata only (name, namespace, uid, resourceVersion): enough to drop repeated events and to report
@@ -80,7 +86,7 @@ class Controller:
         self._reconciler = Reconciler(client, rollouts=self.rollouts, replica_sets=self.replica_sets,
                                       analysis_runs=self.analysis_runs, reporter=reporter, metrics=self.metrics,
                                       resync=settings.queue.resync_seconds,
-                                      record_run=run_informer.record)
+                                      record_run=run_informer.record, budgets=self.budgets, policy=settings.policy)
         self._runner = AnalysisRunner(client, runs=self.analysis_runs, settings=settings.analysis,
                                       record=run_informer.record, metrics=self.metrics)
         self._elector = (None if settings.leader_election is None
@@ -126,6 +132,17 @@ class Controller:
         for ref in body.get("metadata", {}).get("ownerReferences") or []:
             if ref.get("controller") and ref.get("kind") == "Rollout":
                 self.queue.add(ObjectKey(str(body["metadata"].get("namespace", "")), str(ref["name"])))
+
+    def _budget_changed(self, event_type: str, body: Body) -> None:
+        """Sluice's budget changed (someone edited or deleted it): its Rollout puts it back. Another budget came,
+        changed or went: the Rollouts whose pods it selects are checked again (the disruption-budget rule)."""
+        self._wake_owner(body)
+        namespace = str(body.get("metadata", {}).get("namespace", ""))
+        selector = (body.get("spec") or {}).get("selector")
+        for key, rollout in self.rollouts.items():
+            labels = ((rollout.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
+            if key.namespace == namespace and selector_matches(selector, labels):
+                self.queue.add(key)
 
     def _analysis_run_changed(self, event_type: str, body: Body) -> None:
         key = ObjectKey.of(body)
@@ -187,8 +204,8 @@ class Controller:
                 for informer in (*self._informers, *self._router_informers):
                     group.create_task(informer.run(), name=f"informer:{informer.resource.plural}")
                 await asyncio.gather(*(i.synced.wait() for i in self._informers))
-                log.info("caches synced: %d rollouts, %d replicasets, %d analysis runs", len(self.rollouts),
-                         len(self.replica_sets), len(self.analysis_runs))
+                log.info("caches synced: %d rollouts, %d replicasets, %d analysis runs, %d disruption budgets",
+                         len(self.rollouts), len(self.replica_sets), len(self.analysis_runs), len(self.budgets))
                 if self._elector is None:
                     self._start_workers(group)  # the only replica: it always leads
                 else:  # campaign only once synced: a leader that cannot reconcile yet would hold everyone up

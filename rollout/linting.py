@@ -3,9 +3,11 @@
 Reads multi-document YAML (files and stdin), turns Rollouts (sluice.dev/v1alpha1) and apps/v1 Deployments,
 StatefulSets and DaemonSets into `policy.Workload`s, and ignores every other kind, except PodDisruptionBudgets: a PDB
 anywhere in the input, in the same namespace, whose selector matches a workload's pod labels covers that workload.
-Rollouts are judged like Deployments: sluice does not yet own a PodDisruptionBudget or add anti-affinity for them
-(docs/policy.md), so only a PDB and the template's own spread count. DaemonSets run one pod per node, so the rules
-about several replicas (disruption-budget, spread) do not apply to them.
+A Rollout is judged as the controller judges it (strategies/preflight.py): its `spec.disruptionBudget` and
+`spec.spread` count, its `spec.policy` tightens the modes given on the command line, and its
+`sluice.dev/policy-override` annotation sets them (the admission policy checks who may set it; lint only reads it).
+DaemonSets run one pod per node, so the rules about several replicas (disruption-budget, spread) do not apply to
+them.
 
 `read_sources` is the only function here that does I/O; the rest turns text into results and results into text, so
 rollout/cli.py prints and picks the exit code. The JSON output's shape is `OUTPUT_SCHEMA` (JSON Schema 2020-12).
@@ -22,6 +24,8 @@ from typing import Any, TextIO
 import yaml
 
 from strategies import policy
+from strategies.guardrails import Guardrails, parse_guardrails
+from strategies.preflight import modes_for
 
 STDIN = "-"
 STDIN_NAME = "<stdin>"
@@ -143,15 +147,27 @@ def workload(doc: Mapping[str, Any], pdbs: Sequence[Mapping[str, Any]]) -> polic
         return None
     spec = _mapping(doc.get("spec"))
     template = _mapping(spec.get("template"))
+    guard = guardrails(doc)
     return policy.Workload(
         kind=kind,
         namespace=_namespace(doc),
         name=str(_mapping(doc.get("metadata")).get("name") or "?"),
         replicas=None if kind == "DaemonSet" else _replicas(spec),
         template=template,
-        disruption_budget=_covered_by_pdb(doc, template, pdbs),
-        spread=None,
+        disruption_budget=guard.budget is not None or _covered_by_pdb(doc, template, pdbs),
+        spread=guard.spread,
     )
+
+
+def guardrails(doc: Mapping[str, Any]) -> Guardrails:
+    """A Rollout's guardrail fields (none for other kinds); LintInputError names what cannot be read."""
+    if doc.get("kind") != "Rollout":
+        return Guardrails()
+    meta = _mapping(doc.get("metadata"))
+    try:
+        return parse_guardrails(_mapping(doc.get("spec")), _mapping(meta.get("annotations")))
+    except policy.PolicyError as exc:
+        raise LintInputError(f"Rollout {_namespace(doc)}/{meta.get('name') or '?'}: {exc}") from None
 
 
 def lint(sources: Sequence[Source], modes: Mapping[str, policy.Mode]) -> list[Result]:
@@ -160,9 +176,12 @@ def lint(sources: Sequence[Source], modes: Mapping[str, policy.Mode]) -> list[Re
     pdbs = [doc for _, doc in parsed if doc.get("kind") == "PodDisruptionBudget"]
     results = []
     for name, doc in parsed:
-        found = workload(doc, pdbs)
-        if found is not None:
-            results.append(Result(name, found, policy.check(found, modes)))
+        try:
+            found = workload(doc, pdbs)
+            if found is not None:
+                results.append(Result(name, found, policy.check(found, modes_for(modes, guardrails(doc))[0])))
+        except LintInputError as exc:
+            raise LintInputError(f"{name}: {exc}") from None
     return results
 
 

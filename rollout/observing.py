@@ -1,5 +1,6 @@
 """Reads what the planner decides on: the Rollout's ReplicaSets (from the informer's store, by owner), its two
-Services and its traffic router (one GET each), as a plain `Observed` snapshot. Which revision each side selects comes
+Services and its traffic router (one GET each), the PodDisruptionBudgets around its pods (from their informer's
+store) and the cluster's guardrail modes, as a plain `Observed` snapshot. Which revision each side selects comes
 from the Services' selectors, or from the router when its subsets choose the pods (Istio DestinationRule).
 
 Problems the user has to fix (a Service or VirtualService missing, selectors that select other pods) come out as one
@@ -10,6 +11,7 @@ come out as `ApiError` for the reconciler to report.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -17,6 +19,7 @@ from rollout.kube import SERVICES, Body, KubeClient, NotFound
 from rollout.queueing import ObjectKey
 from rollout.routers import RouterError, SubsetRouter, TrafficRouter
 from rollout.watching import Store
+from strategies.guardrails import SPREAD_ANNOTATION
 from strategies.model import (
     HASH_LABEL,
     REVISION_ANNOTATION,
@@ -24,6 +27,7 @@ from strategies.model import (
     STEP_LABEL,
     WALK_LABEL,
     AnalysisRunState,
+    BudgetState,
     Observed,
     ReplicaSetState,
     Rollout,
@@ -31,11 +35,15 @@ from strategies.model import (
     parse_slot,
     parse_time,
 )
+from strategies.policy import Mode, selector_matches
 
 
 async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: TrafficRouter | None,
-                  replica_sets: Store, analysis_runs: Store, now: datetime, resync: float) -> Observed:
-    """`router` is None for blue-green, whose two sides are the active and preview Services alone."""
+                  replica_sets: Store, analysis_runs: Store, now: datetime, resync: float,
+                  budgets: Store | None = None, policy: Mapping[str, Mode] | None = None) -> Observed:
+    """`router` is None for blue-green, whose two sides are the active and preview Services alone. `budgets` holds
+    the PodDisruptionBudgets (filed by `budget_index`); `policy` is the cluster's guardrail modes."""
+    budget, covered = _budgets(budgets or Store(), rollout, body)
     stable_name, canary_name = rollout.spec.services
     results = await asyncio.gather(
         _service(client, rollout, stable_name), _service(client, rollout, canary_name),
@@ -61,7 +69,37 @@ async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: T
         canary_weight=await router.current_weight() if router is not None else 0,
         resync=resync,
         analysis_runs=owned_analysis_runs(analysis_runs, body),
+        policy_defaults=dict(policy or {}),
+        budget_covered=covered,
+        budget=budget,
     )
+
+
+def budget_index(obj: Body) -> list[ObjectKey]:
+    """PodDisruptionBudgets filed under their namespace (name ""): what may cover a Rollout's pods."""
+    return [ObjectKey(str((obj.get("metadata") or {}).get("namespace") or ""), "")]
+
+
+def _budgets(store: Store, rollout: Rollout, body: Body) -> tuple[BudgetState | None, bool]:
+    """sluice's budget for this Rollout (named like it, controlled by it), and whether another budget selects the
+    pods. A namesake sluice does not control, when spec.disruptionBudget asks for one, is the user's to sort out."""
+    uid = body["metadata"].get("uid")
+    labels = (rollout.spec.template.get("metadata") or {}).get("labels") or {}
+    ours, covered = None, False
+    for pdb in store.by_index(ObjectKey(rollout.namespace, "")):
+        meta, spec = pdb["metadata"], pdb.get("spec") or {}
+        controlled = any(o.get("uid") == uid and o.get("controller") for o in meta.get("ownerReferences") or [])
+        if controlled and meta.get("name") == rollout.name:
+            selector = spec.get("selector") or {}
+            ours = BudgetState(name=rollout.name, min_available=spec.get("minAvailable"),
+                               match_labels=dict(selector.get("matchLabels") or {}),
+                               match_expressions=tuple(selector.get("matchExpressions") or ()))
+        elif meta.get("name") == rollout.name and rollout.spec.guardrails.budget is not None:
+            raise SpecError(f"spec.disruptionBudget: PodDisruptionBudget {rollout.namespace}/{rollout.name} exists "
+                            "and is not controlled by this Rollout; delete or rename it so sluice can keep its own")
+        elif not controlled and selector_matches(spec.get("selector"), labels):
+            covered = True
+    return ours, covered
 
 
 async def _nothing() -> None:
@@ -113,6 +151,7 @@ def owned_replica_sets(store: Store, rollout: Body) -> tuple[ReplicaSetState, ..
             ready=_int(status.get("readyReplicas")),
             available=_int(status.get("availableReplicas")),
             scale_down_at=parse_time(annotations.get(SCALE_DOWN_ANNOTATION)),
+            spread=annotations.get(SPREAD_ANNOTATION) or None,
         ))
     return tuple(sorted(owned, key=lambda rs: rs.revision))
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,6 +38,7 @@ from strategies.canary import plan
 from strategies.common import invalid
 from strategies.decision import Decision, Event, condition
 from strategies.model import Rollout, SpecError, parse_rollout, parse_status
+from strategies.policy import Mode
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,11 @@ class StatusConflict(Exception):
 class Reconciler:
     def __init__(self, client: KubeClient, *, rollouts: Store, replica_sets: Store, analysis_runs: Store,
                  reporter: Reporter, resync: float, record_run: Callable[[Body], None] | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, budgets: Store | None = None,
+                 policy: Mapping[str, Mode] | None = None) -> None:
         self._client = client
+        self._budgets = budgets if budgets is not None else Store()
+        self._policy = dict(policy or {})
         self._metrics = metrics
         self._rollouts = rollouts
         self._replica_sets = replica_sets
@@ -116,7 +120,7 @@ class Reconciler:
             router = self._router(rollout, body)
             observed = await observe(self._client, rollout=rollout, body=body, router=router,
                                      replica_sets=self._replica_sets, analysis_runs=self._analysis_runs, now=now,
-                                     resync=self._resync)
+                                     resync=self._resync, budgets=self._budgets, policy=self._policy)
         except (SpecError, RouterError) as exc:
             decision = invalid(parse_status(body.get("status")), generation=body["metadata"].get("generation", 0),
                                message=str(exc), now=now)
@@ -129,7 +133,7 @@ class Reconciler:
             "decision": decision.summary,
         }
         applier = Applier(self._client, rollout=body, router=router, replica_sets=self._replica_sets,
-                          analysis_runs=self._analysis_runs, record_run=self._record_run)
+                          analysis_runs=self._analysis_runs, budgets=self._budgets, record_run=self._record_run)
         for action in decision.actions:
             await applier.apply(action)
             reason, message = action.describe()

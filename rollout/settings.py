@@ -6,7 +6,10 @@ operators change them from the command line or the chart and tests can shorten t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from strategies.policy import Mode
 
 
 @dataclass(frozen=True)
@@ -109,3 +112,5 @@ class Settings:
     controller_name: str = "sluice-controller"
     # None: no election, this process reconciles (local runs); with several replicas every one of them needs it.
     leader_election: LeaderElectionSettings | None = None
+    # The cluster's guardrail modes by rule (strategies/policy.py); rules not named keep the table's default.
+    policy: Mapping[str, Mode] = field(default_factory=dict)

@@ -70,15 +70,18 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
     reset = rollout.status.canary_hash != rollout.spec.template_hash
     ctx, draft = common.make_context(Context, rollout, observed, reset=reset), Draft()
     common.warn_missing_stable(ctx, draft)
-    if ctx.desired == ctx.stable:
+    if ctx.preflight.blocked and ctx.desired == ctx.stable:
+        common.settle_blocked(ctx, draft, keep=(), delay=0)  # a first version: nothing to create
+    elif ctx.desired == ctx.stable:
         _plan_stable(ctx, draft)
-    elif ctx.abort:
+    elif ctx.abort or ctx.preflight.blocked:
         _plan_abort(ctx, draft)
     elif observed.stable_service_hash == ctx.desired:
         _plan_promoted(ctx, draft)
     else:
         _plan_preview(ctx, draft)
     analysis_runs.tend_analysis_runs(ctx, draft, completed=draft.summary == "Completed")
+    common.tend_guardrails(ctx, draft)
     return common.decide(draft, observed)
 
 
@@ -109,7 +112,7 @@ def _plan_abort(ctx: Context, draft: Draft) -> None:
     draft.summary = "Aborted"
     common.ensure_replica_sets(ctx, draft, {ctx.stable: ctx.rollout.spec.replicas})
     serving = _back_to_stable(ctx, draft)
-    _position(draft, "aborted")
+    _position(draft, "blocked" if ctx.preflight.blocked else "aborted")
     common.settle_abort(ctx, draft, keep={ctx.stable, serving}, delay=_strategy(ctx).abort_scale_down_delay)
 
 

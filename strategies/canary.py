@@ -8,7 +8,8 @@ AnalysisRuns in strategies/runs.py; here are the steps, the weights and the traf
 
 Paths, by what the template hash says:
 - template == stable: steady state, first version, or fast rollback (steps skipped): all traffic on stable.
-- abort requested (or progress deadline with progressDeadlineAbort): traffic to stable first, canary scaled down later.
+- abort requested (or progress deadline with progressDeadlineAbort), or the template failed an enforced guardrail
+  (strategies/preflight.py): traffic to stable first, canary scaled down later; a blocked first version gets nothing.
 - otherwise walk the steps from `currentStepIndex`: setWeight scales the canary, waits for its pods, then moves
   traffic; pause waits for its duration (from a start time kept in status) or for a human; after the last step the
   canary is scaled to full size, the stable Service switches to it, and the old stable is scaled down after a delay.
@@ -35,7 +36,9 @@ from strategies.common import (
     retire_replica_sets,
     set_stable_backend,
     settle_abort,
+    settle_blocked,
     settle_stable,
+    tend_guardrails,
     wait_for_pods,
     warn_missing_stable,
 )
@@ -73,13 +76,16 @@ class _Ctx(Context):
 def plan(rollout: Rollout, observed: Observed) -> Decision:
     ctx, draft = _context(rollout, observed), Draft()
     warn_missing_stable(ctx, draft)
-    if ctx.desired == ctx.stable:
+    if ctx.preflight.blocked and ctx.desired == ctx.stable:
+        settle_blocked(ctx, draft, keep=(), delay=0)  # a first version: nothing to create
+    elif ctx.desired == ctx.stable:
         _plan_stable(ctx, draft)
-    elif ctx.abort:
+    elif ctx.abort or ctx.preflight.blocked:
         _plan_abort(ctx, draft)
     else:
         _plan_canary(ctx, draft)
     tend_analysis_runs(ctx, draft, completed=draft.summary == "Promoted")
+    tend_guardrails(ctx, draft)
     if any(isinstance(a, SetWeight) for a in draft.actions) and _changed_outside(rollout, observed):
         draft.events.insert(0, Event(
             "TrafficWeightDrift", f"the traffic router was changed outside sluice (canary "

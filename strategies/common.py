@@ -24,17 +24,21 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
+from strategies import preflight
 from strategies.decision import (
     Action,
+    ApplyDisruptionBudget,
     CreateAnalysisRun,
     CreateReplicaSet,
     Decision,
+    DeleteDisruptionBudget,
     DeleteReplicaSet,
     Event,
     MarkScaleDown,
     ScaleReplicaSet,
     SetBackend,
     SetRevision,
+    SetSpread,
     condition,
 )
 from strategies.model import (
@@ -61,6 +65,7 @@ class Context:
     last_progress: datetime
     walk: int  # this walk (a new revision, edited steps, a retry); names its AnalysisRuns
     accepted: frozenset[str]  # Inconclusive runs a human resumed past, in this walk
+    preflight: preflight.Preflight  # the guardrails' verdict on the template (strategies/preflight.py)
 
     @property
     def status(self) -> RolloutStatus:
@@ -140,7 +145,9 @@ def make_context(cls: type[C], rollout: Rollout, obs: Observed, *, reset: bool) 
     paused_before = st.condition("Paused")
     unpaused = (not spec.paused and paused_before is not None and paused_before.status == "True"
                 and paused_before.reason == "PausedByUser")
+    running = desired == stable and desired in obs.by_hash
     return cls(
+        preflight=preflight.review(rollout, obs, running=running),
         rollout=rollout, obs=obs, now=obs.now, desired=desired, stable=stable, new_revision=new_revision,
         abort=st.abort and not new_revision, abort_reason="requested by a user",
         last_progress=(obs.now if new_revision or retry or unpaused or st.last_progress_time is None
@@ -270,6 +277,8 @@ def finish(ctx: Context, draft: Draft, *, phase: str, message: str, progressing:
         condition(previous, type_="Degraded", status=degraded is not None,
                   reason=degraded[0] if degraded else "AsExpected", message=degraded[1] if degraded else "", now=now),
         condition(previous, type_="InvalidSpec", status=False, reason="Valid", message="", now=now),
+        condition(previous, type_=preflight.CONDITION, status=ctx.preflight.reason != preflight.PASSED,
+                  reason=ctx.preflight.reason, message=ctx.preflight.message, now=now),
     ]
     draft.status.setdefault("phase", phase)
     draft.status.setdefault("message", message)
@@ -345,7 +354,10 @@ def _deadline_exceeded(ctx: Context, draft: Draft, *, message: str) -> None:
 
 
 def settle_abort(ctx: Context, draft: Draft, *, keep: Iterable[str | None], delay: float) -> None:
-    """Traffic is back on stable (the caller moved it): retire the rest and report the abort."""
+    """Traffic is back on stable (the caller moved it): retire the rest and report the abort (or the block)."""
+    if ctx.preflight.blocked:
+        settle_blocked(ctx, draft, keep=keep, delay=delay)
+        return
     st = ctx.status
     draft.summary = "Aborted"
     retire_replica_sets(ctx, draft, keep=keep, delay=delay)
@@ -361,6 +373,38 @@ def settle_abort(ctx: Context, draft: Draft, *, keep: Iterable[str | None], dela
     draft.status["abortedAt"] = format_time(st.aborted_at or ctx.now)
     finish(ctx, draft, phase="Degraded", message=message, progressing=(False, "RolloutAborted"),
            degraded=("RolloutAborted", message))
+
+
+def settle_blocked(ctx: Context, draft: Draft, *, keep: Iterable[str | None], delay: float) -> None:
+    """The template failed an enforced guardrail: nothing is created for it, and a revision of it already in flight
+    was taken out of service by the caller as for an abort. Unlike an abort nothing is recorded to undo: the next
+    reconcile after the cause is gone proceeds."""
+    draft.summary = "Blocked"
+    retire_replica_sets(ctx, draft, keep=keep, delay=delay)
+    progress(ctx, draft, abort=False, clear_pause=True)
+    message = f"{preflight.BLOCKED}: {ctx.preflight.message}"
+    finish(ctx, draft, phase="Degraded", message=message, progressing=(False, preflight.BLOCKED),
+           degraded=(preflight.BLOCKED, message))
+
+
+def tend_guardrails(ctx: Context, draft: Draft) -> None:
+    """Every decision: the guardrails' Events, sluice's PodDisruptionBudget and the spread in the ReplicaSets' pod
+    templates, whatever the walk is doing (they protect the stable pods as much as the canary's)."""
+    draft.events.extend(preflight.events(ctx.status.condition(preflight.CONDITION), ctx.preflight))
+    spec, obs = ctx.rollout.spec, ctx.obs
+    guard = spec.guardrails
+    if guard.budget is not None:
+        wanted = guard.budget.min_available_for(spec.replicas)
+        current = obs.budget
+        if (current is None or current.min_available != wanted or dict(current.match_labels) != dict(spec.match_labels)
+                or tuple(current.match_expressions) != tuple(spec.match_expressions)):
+            draft.act(ApplyDisruptionBudget(ctx.rollout.name, wanted, spec.replicas, create=current is None))
+    elif obs.budget is not None:
+        draft.act(DeleteDisruptionBudget(obs.budget.name))
+    created = {a.hash for a in draft.actions if isinstance(a, CreateReplicaSet)}
+    for rs in obs.replica_sets:
+        if rs.spread != guard.spread and rs.hash not in created:
+            draft.act(SetSpread(rs.name, rs.hash, guard.spread))
 
 
 def wait_for_pods(ctx: C, draft: Draft, *, available: int, needed: int, where: str, noun: str,

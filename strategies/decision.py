@@ -135,9 +135,49 @@ class DeleteAnalysisRun:
         return "AnalysisRunPruned", f"deleted old AnalysisRun {self.name} (beyond analysisRunHistoryLimit)"
 
 
+@dataclass(frozen=True)
+class ApplyDisruptionBudget:
+    """sluice's PodDisruptionBudget for the Rollout (named like it, over its selector): create it or set it to
+    `min_available`, computed from spec.disruptionBudget for `replicas` pods."""
+
+    name: str
+    min_available: int
+    replicas: int
+    create: bool
+
+    def describe(self) -> tuple[str, str]:
+        verb = "created" if self.create else "updated"
+        return ("DisruptionBudgetUpdated", f"PodDisruptionBudget {self.name} {verb}: minAvailable {self.min_available} "
+                f"of {self.replicas} replicas")
+
+
+@dataclass(frozen=True)
+class DeleteDisruptionBudget:
+    name: str
+
+    def describe(self) -> tuple[str, str]:
+        return "DisruptionBudgetDeleted", f"PodDisruptionBudget {self.name} deleted (spec.disruptionBudget removed)"
+
+
+@dataclass(frozen=True)
+class SetSpread:
+    """Write (or remove, `spread` None) sluice's anti-affinity term into a ReplicaSet's pod template: pods created
+    from then on spread across nodes; running pods stay where they are."""
+
+    name: str
+    hash: str
+    spread: str | None
+
+    def describe(self) -> tuple[str, str]:
+        if self.spread is None:
+            return "SpreadUpdated", f"ReplicaSet {self.name}: sluice's anti-affinity removed from its pod template"
+        return "SpreadUpdated", f"ReplicaSet {self.name}: pods spread across nodes ({self.spread} anti-affinity)"
+
+
 Action = (
     CreateReplicaSet | ScaleReplicaSet | SetRevision | MarkScaleDown | DeleteReplicaSet | SetBackend | SetWeight
-    | CreateAnalysisRun | TerminateAnalysisRun | DeleteAnalysisRun
+    | CreateAnalysisRun | TerminateAnalysisRun | DeleteAnalysisRun | ApplyDisruptionBudget | DeleteDisruptionBudget
+    | SetSpread
 )
 
 

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from strategies.guardrails import Guardrails, parse_guardrails
+from strategies.policy import Mode, PolicyError
+
 HASH_LABEL = "sluice.dev/pod-template-hash"
 ROLLOUT_LABEL = "sluice.dev/rollout"
 REVISION_ANNOTATION = "sluice.dev/revision"
@@ -203,6 +206,7 @@ class RolloutSpec:
     paused: bool
     strategy: CanaryStrategy | BlueGreenStrategy
     analysis_run_history_limit: int = 5
+    guardrails: Guardrails = field(default_factory=Guardrails)
 
     @property
     def canary(self) -> CanaryStrategy:
@@ -291,6 +295,7 @@ class ReplicaSetState:
     ready: int
     available: int
     scale_down_at: datetime | None = None
+    spread: str | None = None  # the spread sluice wrote into its pod template (strategies/guardrails.py)
 
 
 @dataclass(frozen=True)
@@ -312,6 +317,16 @@ class AnalysisRunState:
 
 
 @dataclass(frozen=True)
+class BudgetState:
+    """The PodDisruptionBudget sluice keeps for a Rollout, as it is now."""
+
+    name: str
+    min_available: int | str | None
+    match_labels: Mapping[str, str]
+    match_expressions: tuple[Mapping[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class Observed:
     """What the reconciler read from the cluster for this decision, at time `now`."""
 
@@ -322,6 +337,11 @@ class Observed:
     canary_weight: int  # what the traffic router currently sends to the canary Service
     resync: float = 300.0
     analysis_runs: tuple[AnalysisRunState, ...] = ()
+    # The guardrails: the cluster's rule modes (the controller's configuration), whether a PodDisruptionBudget that
+    # is not sluice's selects the pods, and sluice's own budget for this Rollout.
+    policy_defaults: Mapping[str, Mode] = field(default_factory=dict)
+    budget_covered: bool = False
+    budget: BudgetState | None = None
     by_hash: Mapping[str, ReplicaSetState] = field(init=False, repr=False, compare=False)
     runs: Mapping[str, AnalysisRunState] = field(init=False, repr=False, compare=False)
 
@@ -470,7 +490,8 @@ def _selector_matches(match_labels: Mapping[str, str], expressions: tuple[Mappin
     return True
 
 
-def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
+def parse_spec(raw: Mapping[str, Any], annotations: Mapping[str, Any] | None = None) -> RolloutSpec:
+    """`annotations` (the Rollout's metadata) carry the guardrails' override."""
     selector = raw.get("selector") or {}
     match_labels = dict(selector.get("matchLabels") or {})
     expressions = tuple(selector.get("matchExpressions") or ())
@@ -490,6 +511,10 @@ def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
         _parse_canary(strategy_raw["canary"]) if chosen[0] == "canary" else _parse_blue_green(strategy_raw["blueGreen"])
     )
     replicas = int(raw.get("replicas", 1))
+    try:
+        guardrails = parse_guardrails(raw, annotations or {})
+    except PolicyError as exc:
+        raise SpecError(str(exc)) from None
     if isinstance(strategy, BlueGreenStrategy) and (strategy.preview_replicas or 0) > replicas:
         raise SpecError(f"spec.strategy.blueGreen.previewReplicaCount: {strategy.preview_replicas} is more than "
                         f"spec.replicas ({replicas})")
@@ -506,6 +531,7 @@ def parse_spec(raw: Mapping[str, Any]) -> RolloutSpec:
         paused=bool(raw.get("paused", False)),
         strategy=strategy,
         analysis_run_history_limit=int(raw.get("analysisRunHistoryLimit", 5)),
+        guardrails=guardrails,
     )
 
 
@@ -551,7 +577,7 @@ def parse_rollout(body: Mapping[str, Any]) -> Rollout:
         namespace=str(meta.get("namespace", "")),
         name=str(meta.get("name", "")),
         generation=int(meta.get("generation", 0) or 0),
-        spec=parse_spec(body.get("spec") or {}),
+        spec=parse_spec(body.get("spec") or {}, meta.get("annotations") or {}),
         status=parse_status(body.get("status")),
     )
 

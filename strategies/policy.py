@@ -354,6 +354,26 @@ def resolve_modes(cluster_defaults: Mapping[str, str], rollout_tightening: Mappi
     return ResolvedModes(modes, tuple(loosenings))
 
 
+def parse_modes(text: str, *, where: str) -> dict[str, Mode]:
+    """`rule=mode[,rule=mode...]` (the override annotation, the `--policy` flags joined): PolicyError naming `where`."""
+    modes: dict[str, Mode] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        rule, eq, value = part.partition("=")
+        if not eq:
+            raise PolicyError(f"{where}: {part!r} is not RULE=MODE")
+        try:
+            modes[rule.strip()] = parse_mode(value.strip(), rule=rule.strip())
+        except PolicyError as exc:
+            raise PolicyError(f"{where}: {exc}") from None
+    return modes
+
+
+def format_modes(modes: Mapping[str, str]) -> str:
+    return ",".join(f"{rule}={mode}" for rule, mode in sorted(modes.items()))
+
+
 def check(workload: Workload, modes: Mapping[str, Mode]) -> Report:
     """Run every rule whose mode (from `modes`, else its default) is not `off`."""
     enforced: list[Violation] = []

@@ -36,9 +36,15 @@ async def wait_for(probe: Callable[[], Awaitable[T | None]], *, timeout: float =
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
 
 
+RESOURCES: Body = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}}
+
+
 def pod_template(image: str, *, node_selector: dict[str, str] | None = None) -> Body:
     spec: Body = {
-        "containers": [{"name": "web", "image": image, "ports": [{"containerPort": 8080}]}],
+        # Passes the guardrails' enforced rules (docs/policy.md): resources and a readiness probe (kwok marks pods
+        # Ready without running probes).
+        "containers": [{"name": "web", "image": image, "ports": [{"containerPort": 8080}], "resources": RESOURCES,
+                        "readinessProbe": {"httpGet": {"path": "/healthz", "port": 8080}}}],
         "tolerations": [{"key": "kwok.x-k8s.io/node", "operator": "Exists", "effect": "NoSchedule"}],
     }
     if node_selector:

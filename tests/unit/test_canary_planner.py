@@ -53,8 +53,13 @@ STEPS: list[dict[str, Any]] = [
 # -- bodies --------------------------------------------------------------------------------------------------------
 
 
+RESOURCES = {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}}
+
+
 def pod_template(image: str) -> dict[str, Any]:
-    return {"metadata": {"labels": {"app": NAME}}, "spec": {"containers": [{"name": "app", "image": image}]}}
+    """A template that passes the guardrails' enforced rules (pinned image, resources; no ports, so no probe)."""
+    return {"metadata": {"labels": {"app": NAME}},
+            "spec": {"containers": [{"name": "app", "image": image, "resources": RESOURCES}]}}
 
 
 def hash_of(image: str) -> str:

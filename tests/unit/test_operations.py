@@ -498,7 +498,7 @@ def two_containers() -> dict[str, Any]:
 def test_image_sets_one_container_and_sends_the_whole_list() -> None:
     body = two_containers()
     outcome = plan("image", body, {"container": "proxy", "image": "proxy:2"})
-    containers = [{"name": "app", "image": "app:1"},
+    containers = [{**body["spec"]["template"]["spec"]["containers"][0]},
                   {"name": "proxy", "image": "proxy:2", "ports": [{"containerPort": 15001}]}]
     assert outcome == Outcome((spec_patch({"template": {"spec": {"containers": containers}}}),), "image proxy=proxy:2")
 

@@ -311,7 +311,7 @@ async def controller_running(client: ServedClient) -> AsyncIterator[Controller]:
 
 async def test_controller_is_ready_without_any_router_crd_or_right() -> None:
     core: dict[str, list[ListAnswer]] = {"rollouts/v1alpha1": [([], "1")], "replicasets/v1": [([], "1")],
-                                         "analysisruns/v1alpha1": [([], "1")]}
+                                         "analysisruns/v1alpha1": [([], "1")], "poddisruptionbudgets/v1": [([], "1")]}
     # No TrafficSplit or HTTPRoute CRD, DestinationRules forbidden, VirtualServices still listing (a slow mesh).
     client = ServedClient(lists={**core, "destinationrules/v1": [forbidden()], "virtualservices/v1": [HANG]})
     async with controller_running(client) as controller:
