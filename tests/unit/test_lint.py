@@ -208,3 +208,42 @@ def test_empty_input_checks_nothing_and_passes() -> None:
     results = linting.lint(linting.read_sources(["-"], io.StringIO("")), policy.default_modes())
     assert results == []
     assert linting.render_text(results, files=1) == "0 objects in 1 file checked: 0 enforce failures, 0 warnings: ok"
+
+
+def _rollout_without_budget_or_spread() -> dict[str, Any]:
+    """good-rollout.yaml without its PodDisruptionBudget and topology spread: both warn rules fail."""
+    rollout: dict[str, Any] = next(yaml.safe_load_all((MANIFESTS / "good-rollout.yaml").read_text()))
+    del rollout["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    return rollout
+
+
+def _lint_rollout(rollout: dict[str, Any], modes: dict[str, policy.Mode] | None = None) -> set[tuple[str, str]]:
+    [result] = linting.lint([linting.Source("r.yaml", yaml.safe_dump(rollout))], modes or policy.default_modes())
+    return {(v.rule, mode) for mode, v in result.report.findings()}
+
+
+def test_a_rollouts_own_budget_and_spread_count_as_the_controller_counts_them() -> None:
+    rollout = _rollout_without_budget_or_spread()
+    assert _lint_rollout(rollout) == {("disruption-budget", "warn"), ("spread", "warn")}
+    rollout["spec"] |= {"disruptionBudget": {"maxUnavailable": 1}, "spread": "preferred"}
+    assert _lint_rollout(rollout) == set()
+
+
+def test_a_rollouts_spec_policy_tightens_and_its_override_sets_modes() -> None:
+    rollout = _rollout_without_budget_or_spread()
+    rollout["spec"]["policy"] = {"spread": "enforce", "disruption-budget": "off"}  # off is looser: ignored
+    assert _lint_rollout(rollout) == {("disruption-budget", "warn"), ("spread", "enforce")}
+    rollout["metadata"]["annotations"] = {"sluice.dev/policy-override": "spread=off,disruption-budget=off",
+                                          "sluice.dev/policy-override-by": "alice"}
+    assert _lint_rollout(rollout) == set()
+
+
+def test_an_unreadable_rollout_guardrail_field_is_exit_2_naming_the_file(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rollout = _rollout_without_budget_or_spread()
+    rollout["spec"]["disruptionBudget"] = {"minAvailable": "150%"}
+    path = tmp_path / "app.yaml"
+    path.write_text(yaml.safe_dump(rollout))
+    assert main(["lint", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: Rollout shop/web: spec.disruptionBudget.minAvailable" in err and len(err.splitlines()) == 1
