@@ -2,17 +2,24 @@
 renders for the default values, a namespaced, a minimal and a full-monitoring install is accepted by a server-side
 dry-run (the prometheus-operator CRDs installed for the ServiceMonitor and PrometheusRule). Rendering refuses moving
 or empty image tags and values of the wrong type with a message saying why; the RBAC names no wildcards and reads
-Secrets only when told; every alert fires on the series sluice exports (promtool) and has a runbook page. What the
-controller can do under the rendered RBAC is tests/integration/test_rbac.py's subject."""
+Secrets only when told; every alert fires on the series sluice exports (promtool) and has a runbook page. The
+policy-override ValidatingAdmissionPolicy, installed for real, admits the override annotations only from a user who
+holds the chart's override-policy role and names themself. What the controller can do under the rendered RBAC is
+tests/integration/test_rbac.py's subject."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import itertools
+import json
+import os
 import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +27,12 @@ import pytest
 import yaml
 
 from devcluster import ControlPlane, helm
+from devcluster.controlplane import ApiClient
 from devcluster.helm import Json
 from devcluster.prometheus import prometheus_binary
 from rollout.installing import CRDS
 from rollout.kube import ApiError, KubeClient
-from tests.integration.kit import REPO
+from tests.integration.kit import REPO, rollout_body
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +45,7 @@ VARIANTS: dict[str, Json] = {
         "replicas": 1, "leaderElection": {"enabled": False}, "api": {"allowPlainHttp": True},
         "crds": {"upgradeJob": {"enabled": False}}, "userRoles": {"create": False},
         "podDisruptionBudget": {"enabled": False}, "topologySpreadConstraints": [],
+        "policy": {"overrideAdmission": {"enabled": False}},
         "trafficRouting": {"istio": {"enabled": False}, "smi": {"enabled": False}, "gatewayAPI": {"enabled": False}},
         "monitoring": {"serviceMonitor": {"enabled": False}, "prometheusRule": {"enabled": False}},
         "networkPolicy": {"enabled": False},
@@ -44,6 +53,7 @@ VARIANTS: dict[str, Json] = {
     "full-monitoring": {
         "analysis": {"secretRefs": True},
         "api": {"webhook": {"secretName": "registry-hook"}},
+        "policy": {"defaults": {"spread": "enforce", "pinned-image": "warn"}},
         "monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
                        "prometheusRule": {"enabled": True, "pausedTooLongSeconds": 1800},
                        "grafanaDashboard": {"enabled": True}},
@@ -113,10 +123,15 @@ def test_every_rendered_object_is_accepted_by_the_api_server(chart_cluster: Cont
 
 def test_the_variants_render_what_they_turn_on() -> None:
     always = {"Deployment", "Service", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"}
+    admission = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     default, namespaced, minimal, full = (rendered(v) for v in VARIANTS)
-    assert kinds(default) == always | {"Secret", "PodDisruptionBudget", "Role", "RoleBinding", "Job", "NetworkPolicy"}
+    assert kinds(default) == always | admission | {"Secret", "PodDisruptionBudget", "Role", "RoleBinding", "Job",
+                                                   "NetworkPolicy"}
     assert names(default, "ClusterRole") == {"sluice-controller", "sluice-controller-cluster", "sluice-viewer",
-                                             "sluice-operator", "sluice-deployer", "sluice-crds"}
+                                             "sluice-operator", "sluice-deployer", "sluice-policy-override",
+                                             "sluice-crds"}
+    assert names(default, "ValidatingAdmissionPolicy") == names(default, "ValidatingAdmissionPolicyBinding") == {
+        "sluice-policy-override"}
     assert kinds(minimal) == always
     assert names(minimal, "ClusterRole") == {"sluice-controller", "sluice-controller-cluster"}
     assert {(d["metadata"]["namespace"], d["metadata"]["name"]) for d in helm.find(namespaced, "Role")} == {
@@ -161,6 +176,10 @@ def test_the_image_tag_defaults_to_the_charts_app_version() -> None:
     ({"monitoring": {"serviceMonitor": {"enabled": "yes"}}}, "/monitoring/serviceMonitor/enabled"),
     ({"analysis": {"secretRefs": "true"}}, "at '/analysis/secretRefs': got string, want boolean"),
     ({"replica": 2}, "additional properties 'replica' not allowed"),
+    ({"policy": {"defaults": {"spread": "strict"}}},
+     "at '/policy/defaults/spread': value must be one of 'off', 'warn', 'enforce'"),
+    ({"policy": {"defaults": {"no-latest": "enforce"}}}, "additional properties 'no-latest' not allowed"),
+    ({"policy": {"overrideAdmission": {"enabled": "no"}}}, "at '/policy/overrideAdmission/enabled'"),
 ])
 def test_values_of_the_wrong_type_are_refused_by_the_schema(values: Json, says: str) -> None:
     out = helm.render_failure(values=values)
@@ -190,6 +209,38 @@ def test_the_controller_runs_hardened_with_probes_and_spread_over_nodes() -> Non
     assert spread["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
     assert "--api-tls-cert=/etc/sluice/api-tls/tls.crt" in container["args"]
     assert "--leader-elect" in container["args"]
+
+
+def test_policy_defaults_become_sorted_policy_flags_and_none_by_default() -> None:
+    def policy_args(variant: str) -> list[str]:
+        [deployment] = helm.find(rendered(variant), "Deployment")
+        return [a for a in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+                if a.startswith("--policy")]
+
+    assert policy_args("full-monitoring") == ["--policy=pinned-image=warn", "--policy=spread=enforce"]
+    assert policy_args("default") == []
+
+
+def test_the_override_admission_needs_kubernetes_1_30_or_is_turned_off_knowingly() -> None:
+    args = ("template", "sluice", str(helm.CHART_DIR), "--kube-version", "1.29.0")
+    refused = helm.run_helm(*args)
+    assert refused.returncode != 0
+    assert "policy.overrideAdmission.enabled needs Kubernetes 1.30 or newer" in refused.stderr
+    assert helm.run_helm(*args, values={"policy": {"overrideAdmission": {"enabled": False}}}).returncode == 0
+
+
+def test_the_override_admission_binds_only_where_the_controller_watches() -> None:
+    [everywhere] = helm.find(rendered("default"), "ValidatingAdmissionPolicyBinding")
+    assert "matchResources" not in everywhere["spec"]
+    assert everywhere["spec"]["validationActions"] == ["Deny"]
+    [watched] = helm.find(rendered("namespaced"), "ValidatingAdmissionPolicyBinding")
+    assert watched["spec"]["matchResources"]["namespaceSelector"] == {"matchExpressions": [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(TEAMS)}]}
+    [policy] = helm.find(rendered("default"), "ValidatingAdmissionPolicy")
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    assert policy["spec"]["matchConstraints"]["resourceRules"] == [{
+        "apiGroups": ["sluice.dev"], "apiVersions": ["*"], "operations": ["CREATE", "UPDATE"],
+        "resources": ["rollouts"]}]
 
 
 def test_the_controllers_flags_are_ones_it_knows() -> None:
@@ -237,9 +288,29 @@ def test_the_roles_for_people_carry_the_operator_apis_verbs() -> None:
     assert verbs["sluice-operator"] == {"get", "list", "watch", "pause", "resume", "promote", "abort", "retry",
                                         "restart", "undo"}
     assert verbs["sluice-deployer"] == {"update-image"}
+    assert verbs["sluice-policy-override"] == {"override-policy"}
     labels = {d["metadata"]["name"]: d["metadata"]["labels"] for d in helm.find(docs, "ClusterRole")}
     assert labels["sluice-viewer"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert labels["sluice-operator"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    # Loosening guardrails is never a side effect of being allowed to edit a namespace.
+    assert not [k for k in labels["sluice-policy-override"] if k.startswith("rbac.authorization.k8s.io/aggregate")]
+
+
+def test_the_controller_manages_disruption_budgets_where_it_manages_replica_sets() -> None:
+    for variant in ("default", "namespaced"):
+        docs = helm.controller_rbac(rendered(variant))
+        scopes = {
+            resource: {(d["kind"], d["metadata"].get("namespace"), tuple(r["verbs"])) for d in docs
+                       if d["kind"] in ("Role", "ClusterRole") for r in d["rules"] if resource in r["resources"]}
+            for resource in ("replicasets", "poddisruptionbudgets")}
+        assert {(kind, ns) for kind, ns, _ in scopes["poddisruptionbudgets"]} == {
+            (kind, ns) for kind, ns, _ in scopes["replicasets"]}, variant
+        assert {verbs for *_, verbs in scopes["poddisruptionbudgets"]} == {
+            ("get", "list", "watch", "create", "patch", "delete")}  # what rollout/applying.py uses, no more
+    reviews = [r for d in helm.controller_rbac(rendered("default")) if d["kind"] == "ClusterRole"
+               for r in d["rules"] if "subjectaccessreviews" in r["resources"]]
+    assert reviews == [{"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"],
+                        "verbs": ["create"]}]
 
 
 def test_the_crd_hook_has_its_own_identity_limited_to_sluices_crds() -> None:
@@ -304,8 +375,160 @@ def test_the_notes_say_how_to_reach_the_api_and_which_roles_to_bind(chart_cluste
     notes = result.stdout.split("NOTES:", 1)[1]
     for expected in (f"https://sluice.{namespace}.svc:8080", "port-forward svc/sluice 8080:8080",
                      "get secret sluice-api-tls", "--clusterrole=sluice-operator", "--clusterrole=sluice-deployer",
-                     "--clusterrole=sluice-viewer", "istio on, SMI on, Gateway API on", "in every namespace"):
+                     "--clusterrole=sluice-viewer", "istio on, SMI on, Gateway API on", "in every namespace",
+                     "sluice-policy-override  override-policy"):
         assert expected in notes, f"{expected!r} not in the NOTES:\n{notes}"
+
+
+# -- the policy-override admission, for real ------------------------------------------------------------------------
+
+OVERRIDE = "sluice.dev/policy-override"
+OVERRIDE_BY = "sluice.dev/policy-override-by"
+ROLLOUTS_PATH = "/apis/sluice.dev/v1alpha1/namespaces/{ns}/rollouts"
+_admission_ids = itertools.count()
+
+
+def _poll(probe: Callable[[], Any], *, timeout: float, what: str) -> Any:
+    """`probe()` until truthy, with a deadline; the last value in the failure."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
+
+
+class _User:
+    """A client-certificate user of the control plane (no groups): RBAC in the test's namespace decides."""
+
+    def __init__(self, control_plane: ControlPlane, name: str, *, ns: str, workdir: Path) -> None:
+        config = yaml.safe_load(control_plane.client_kubeconfig(name, []).read_text())
+        creds = config["users"][0]["user"]
+        cert, key = workdir / f"{name}.crt", workdir / f"{name}.key"
+        cert.write_bytes(base64.b64decode(creds["client-certificate-data"]))
+        key.write_bytes(base64.b64decode(creds["client-key-data"]))
+        self.name = name
+        self._ns = ns
+        self._api = ApiClient(server=control_plane.server, ca_file=control_plane.ca_file, cert_file=cert,
+                              key_file=key)
+
+    def annotate(self, rollout: str, annotations: dict[str, str | None], *, dry_run: bool = False) -> tuple[int, str]:
+        """Merge-patch the Rollout's annotations (None removes one); (HTTP status, the refusal's message)."""
+        query = "?dryRun=All" if dry_run else ""
+        status, payload = self._api.raw(
+            "PATCH", f"{ROLLOUTS_PATH.format(ns=self._ns)}/{rollout}{query}",
+            body=json.dumps({"metadata": {"annotations": annotations}}).encode(),
+            content_type="application/merge-patch+json")
+        return status, _message(status, payload)
+
+    def create(self, body: Json) -> tuple[int, str]:
+        status, payload = self._api.raw("POST", ROLLOUTS_PATH.format(ns=self._ns), body=json.dumps(body).encode())
+        return status, _message(status, payload)
+
+
+def _message(status: int, payload: bytes) -> str:
+    return "" if 200 <= status < 300 else str(json.loads(payload).get("message", payload[:300]))
+
+
+def _grant(api: ApiClient, ns: str, user: str, *, role_kind: str, role: str) -> None:
+    api.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings", body={
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": f"{user}-{role}"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}]})
+
+
+@pytest.fixture
+def override_admission(control_plane: ControlPlane) -> Iterator[tuple[str, list[Json]]]:
+    """A namespace of its own, and the chart's policy-override admission policy, binding and ClusterRole rendered
+    under names unique to this test (they are cluster-scoped), bound to that namespace only (watchNamespaces)."""
+    release = f"vap{os.getpid() % 1000}-{next(_admission_ids)}"
+    ns = f"chart-{release}"
+    control_plane.api.request("POST", "/api/v1/namespaces", body={
+        "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    docs = helm.render(release=release, namespace=ns,
+                       values={"watchNamespaces": [ns], "userRoles": {"namePrefix": release}})
+    installed = [*helm.find(docs, "ValidatingAdmissionPolicy"), *helm.find(docs, "ValidatingAdmissionPolicyBinding"),
+                 *helm.find(docs, "ClusterRole", f"{release}-policy-override")]
+    assert len(installed) == 3
+    try:
+        helm.apply(control_plane.api, installed)
+        yield ns, installed
+    finally:
+        helm.delete(control_plane.api, installed)
+        control_plane.api.raw("DELETE", f"/api/v1/namespaces/{ns}")
+
+
+@pytest.mark.timeout(120)
+def test_only_a_user_with_override_policy_naming_themself_may_override_a_rollouts_guardrails(
+        control_plane: ControlPlane, override_admission: tuple[str, list[Json]], tmp_path: Path) -> None:
+    ns, installed = override_admission
+    api = control_plane.api
+    [override_role] = helm.find(installed, "ClusterRole")
+    api.request("POST", f"/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/roles", body={
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "edit-rollouts"},
+        "rules": [{"apiGroups": ["sluice.dev"], "resources": ["rollouts"],
+                   "verbs": ["get", "create", "update", "patch"]}]})
+    dev, lead = (_User(control_plane, name, ns=ns, workdir=tmp_path) for name in (f"{ns}-dev", f"{ns}-lead"))
+    for user in (dev, lead):
+        _grant(api, ns, user.name, role_kind="Role", role="edit-rollouts")
+    _grant(api, ns, lead.name, role_kind="ClusterRole", role=override_role["metadata"]["name"])
+    api.request("POST", ROLLOUTS_PATH.format(ns=ns), body=rollout_body("web"))
+
+    # The API server loads a new policy within a second or two: until then the dry-run is admitted.
+    def refused_while_loading() -> str | None:
+        status, message = dev.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: dev.name}, dry_run=True)
+        return message if status == 403 else None
+
+    message = _poll(refused_while_loading, timeout=60, what="the policy-override admission policy to take effect")
+    assert f"user {dev.name} may not set {OVERRIDE}: missing verb override-policy on rollouts" in message
+    assert f"the ClusterRole {override_role['metadata']['name']}" in message
+    [policy] = helm.find(installed, "ValidatingAdmissionPolicy")
+
+    def type_checked() -> Json | None:
+        found = api.request("GET", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies/"
+                            + policy["metadata"]["name"])
+        done = found.get("status", {}).get("observedGeneration") == found["metadata"]["generation"]
+        return found["status"] if done else None
+
+    checked = _poll(type_checked, timeout=30, what="the API server to type-check the policy's expressions")
+    assert not (checked.get("typeChecking") or {}).get("expressionWarnings"), checked
+
+    # Patch rights alone do not loosen guardrails, nor does the verb with someone else's name (or none).
+    status, message = dev.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: lead.name})
+    assert (status, "missing verb override-policy" in message) == (403, True), message
+    status, message = lead.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: dev.name})
+    assert status == 403
+    assert f"the annotation {OVERRIDE_BY} must be your username {lead.name} (it says {dev.name})" in message
+    status, message = lead.annotate("web", {OVERRIDE: "spread=off"})
+    assert (status, f"must be your username {lead.name} (it is missing)" in message) == (403, True), message
+
+    # The verb and one's own name: admitted, and what the controller will read.
+    assert lead.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: lead.name}) == (200, "")
+    stored = api.request("GET", f"{ROLLOUTS_PATH.format(ns=ns)}/web")["metadata"]["annotations"]
+    assert (stored[OVERRIDE], stored[OVERRIDE_BY]) == ("spread=off", lead.name)
+
+    # Others keep working on the Rollout, but may not change the override or claim it.
+    assert dev.annotate("web", {"team": "shop"}) == (200, "")
+    assert dev.annotate("web", {OVERRIDE: "spread=off,pinned-image=off"})[0] == 403
+    assert dev.annotate("web", {OVERRIDE_BY: dev.name})[0] == 403
+    assert dev.annotate("web", {OVERRIDE_BY: None})[0] == 403
+
+    # Removing the override tightens: anyone who may patch the Rollout may.
+    assert dev.annotate("web", {OVERRIDE: None, OVERRIDE_BY: None}) == (200, "")
+    stored = api.request("GET", f"{ROLLOUTS_PATH.format(ns=ns)}/web")["metadata"].get("annotations") or {}
+    assert not {OVERRIDE, OVERRIDE_BY} & set(stored)
+
+    # A CREATE carrying an override is judged the same way (there is no object before it).
+    def overridden(name: str, by: str) -> Json:
+        body = rollout_body(name)
+        body["metadata"]["annotations"] = {OVERRIDE: "pinned-image=warn", OVERRIDE_BY: by}
+        return body
+
+    status, message = dev.create(overridden("api", dev.name))
+    assert (status, "missing verb override-policy" in message) == (403, True), message
+    assert lead.create(overridden("api", lead.name)) == (201, "")
 
 
 # -- alerts ----------------------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The chart's static files against the code they describe, without helm: the appVersion is sluice's version, every
-value in values.yaml is declared in values.schema.json, and the alerts and the Grafana dashboard query only series
-the controller exports (rollout/metrics.py), with labels those series carry. Rendering and the API server's verdict
-are tests/integration/test_chart.py's."""
+value in values.yaml is declared in values.schema.json, the guardrail rules and modes the schema accepts are
+strategies/policy.py's, the policy-override admission policy checks the annotations the controller reads, and the
+alerts and the Grafana dashboard query only series the controller exports (rollout/metrics.py), with labels those
+series carry. Rendering and the API server's verdict are tests/integration/test_chart.py's."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import yaml
 
 from rollout.metrics import Metrics
 from rollout.watching import Store
+from strategies import policy
+from strategies.guardrails import OVERRIDE_ANNOTATION, OVERRIDE_BY_ANNOTATION
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "sluice"
@@ -96,6 +99,21 @@ def test_every_value_is_declared_in_the_schema() -> None:
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     undeclared = [".".join(p) for p in _paths(values) if not _declared(schema, p)]
     assert undeclared == []
+
+
+def test_the_policy_values_accept_exactly_the_rules_and_modes_the_controller_knows() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    defaults = schema["properties"]["policy"]["properties"]["defaults"]
+    assert defaults["additionalProperties"] is False
+    assert set(defaults["properties"]) == set(policy.RULES)
+    assert {_resolve(schema, rule)["enum"] == list(policy.MODES) for rule in defaults["properties"].values()} == {True}
+
+
+def test_the_override_admission_checks_the_annotations_the_controller_reads() -> None:
+    admission = (CHART / "templates" / "policy-override.yaml").read_text()
+    assert {OVERRIDE_ANNOTATION, OVERRIDE_BY_ANNOTATION} <= set(re.findall(r"'(sluice\.dev/[a-z-]+)'", admission))
+    assert "check('override-policy')" in admission
+    assert "verbs: [override-policy]" in (CHART / "templates" / "user-roles.yaml").read_text()
 
 
 def test_the_dashboard_and_the_alerts_query_only_what_the_controller_exports() -> None:
