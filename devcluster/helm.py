@@ -172,6 +172,15 @@ class Discovery:
         return found
 
 
+def controller_rules(values: Mapping[str, Any] | None = None, *, watched: str = "watched") -> tuple[Json, ...]:
+    """The controller's rules in one watched namespace as the chart renders them with `values` (its Role there and
+    its ClusterRole): for tests that run the controller as a client-certificate user rather than as the chart's
+    ServiceAccount."""
+    docs = controller_rbac(render(values={**(values or {}), "watchNamespaces": [watched]}))
+    return tuple(rule for d in docs if (d["kind"], d["metadata"].get("namespace")) in (
+        ("Role", watched), ("ClusterRole", None)) for rule in d["rules"])
+
+
 def apply(api: ApiClient, docs: Iterable[Json], *, dry_run: bool = False, discovery: Discovery | None = None,
           field_manager: str = FIELD_MANAGER) -> list[Json]:
     """Server-side apply each document (with dryRun=All: validated and admitted, not stored); returns what the

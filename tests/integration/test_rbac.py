@@ -69,10 +69,7 @@ class _ChartRules(Sequence[Json]):
     @staticmethod
     @functools.cache
     def _rules() -> tuple[Json, ...]:
-        docs = helm.controller_rbac(helm.render(values={"watchNamespaces": ["watched"],
-                                                        "analysis": {"secretRefs": True}}))
-        return tuple(rule for d in docs if (d["kind"], d["metadata"].get("namespace")) in (
-            ("Role", "watched"), ("ClusterRole", None)) for rule in d["rules"])
+        return helm.controller_rules({"analysis": {"secretRefs": True}})
 
     def __len__(self) -> int:
         return len(self._rules())

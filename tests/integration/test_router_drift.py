@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
+from devcluster import helm
 from rollout.kube import (
     DESTINATIONRULES,
     EVENTS,
@@ -52,26 +53,6 @@ CONTROLLER_ARGS = ["--resync-seconds", "600"]
 PUT_BACK_WITHIN = 10.0
 CLUSTER_ROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
 ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
-# What a controller that reconciles Istio and SMI Rollouts needs, and nothing for Gateway API: an install whose role
-# leaves HTTPRoutes out (the chart's trafficRouting.gatewayAPI.enabled=false), on a cluster that has their CRD.
-RULES_WITHOUT_HTTPROUTES: list[Body] = [
-    {"apiGroups": ["sluice.dev"], "resources": ["rollouts"], "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["sluice.dev"], "resources": ["rollouts/status"], "verbs": ["patch"]},
-    {"apiGroups": ["sluice.dev"], "resources": ["analysisruns"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": ["sluice.dev"], "resources": ["analysisruns/status"], "verbs": ["patch"]},
-    {"apiGroups": ["sluice.dev"], "resources": ["analysistemplates", "clusteranalysistemplates"], "verbs": ["get"]},
-    {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]},
-    {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]},
-    {"apiGroups": ["apps"], "resources": ["replicasets"],
-     "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
-    {"apiGroups": [""], "resources": ["services"], "verbs": ["get", "patch"]},
-    {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
-    {"apiGroups": ["networking.istio.io"], "resources": ["virtualservices", "destinationrules"],
-     "verbs": ["get", "list", "watch", "patch"]},
-    {"apiGroups": ["split.smi-spec.io"], "resources": ["trafficsplits"],
-     "verbs": ["get", "list", "watch", "create", "patch"]},
-]
 
 
 @pytest.fixture
@@ -279,11 +260,11 @@ async def _holds(check: Callable[[], Awaitable[bool]], *, seconds: float, what: 
         await asyncio.sleep(0.25)
 
 
-async def _grant(kube: KubeClient, ns: str, user: str, rules: list[Body]) -> None:
+async def _grant(kube: KubeClient, ns: str, user: str, rules: Sequence[Body]) -> None:
     """`rules` for `user` in `ns`, through a ClusterRole named after the namespace (deleted by the test)."""
     role = f"{ns}-sluice"
     await kube.create(CLUSTER_ROLES, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                                      "metadata": {"name": role}, "rules": rules})
+                                      "metadata": {"name": role}, "rules": list(rules)})
     await kube.create(ROLE_BINDINGS, {
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "sluice"},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
@@ -294,7 +275,10 @@ async def _grant(kube: KubeClient, ns: str, user: str, rules: list[Body]) -> Non
 async def test_controller_not_allowed_to_watch_http_routes_becomes_ready_and_corrects_the_rest(
         kube: KubeClient, namespace: str, control_plane: Any, tmp_path: Path) -> None:
     ns, user = namespace, f"sluice-{namespace}"
-    await _grant(kube, ns, user, RULES_WITHOUT_HTTPROUTES)
+    # The chart's controller rules for an install whose role leaves HTTPRoutes out, on a cluster with their CRD.
+    rules = helm.controller_rules({"trafficRouting": {"gatewayAPI": {"enabled": False}}})
+    assert not [r for r in rules if "httproutes" in r["resources"]]
+    await _grant(kube, ns, user, rules)
     proc = ControllerProcess(kubeconfig=control_plane.client_kubeconfig(user, []), namespace=ns,
                              log_path=tmp_path / "controller.log", extra_args=CONTROLLER_ARGS)
     proc.start()
