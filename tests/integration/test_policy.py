@@ -613,3 +613,20 @@ async def test_preferred_spread_added_later_patches_the_replica_set_without_a_ne
     st = await wait_status(kube, ns, _healthy_on(), what="still Healthy")
     assert st["stableHash"] == stable == await _current_hash(kube, ns, "web")
     assert set(await _replica_sets(kube, ns, "web")) == set(before), "adding spread made a new revision"
+
+
+@pytest.mark.parametrize(("spec", "message"), [
+    ({"disruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
+     "disruptionBudget needs exactly one of minAvailable, maxUnavailable"),
+    ({"disruptionBudget": {}}, "disruptionBudget needs exactly one of minAvailable, maxUnavailable"),
+    ({"disruptionBudget": {"maxUnavailable": "150%"}}, "percentage from 0% to 100%"),
+    ({"disruptionBudget": {"minAvailable": -1}}, "must be a non-negative integer"),
+    ({"spread": "always"}, 'Unsupported value: "always"'),
+    ({"policy": {"spread": "strict"}}, 'Unsupported value: "strict"'),
+])
+async def test_guardrail_fields_the_api_server_refuses(kube: KubeClient, namespace: str, spec: Body,
+                                                       message: str) -> None:
+    with pytest.raises(ApiError) as refused:
+        await kube.create(ROLLOUTS, good_rollout("web", **spec), namespace=namespace)
+    assert refused.value.status == 422
+    assert message in refused.value.message
