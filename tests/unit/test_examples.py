@@ -70,7 +70,8 @@ def test_blue_green_example_parses_with_runnable_analysis() -> None:
         assert preflight(parse_run_metrics(spec)) is None
 
 
-def test_examples_pass_the_enforced_guardrails() -> None:
+def test_examples_pass_every_guardrail() -> None:
+    """Examples are what people copy: they pass the warn rules too (budget and spread through sluice's fields)."""
     from rollout import linting
     from strategies import policy
 
@@ -78,4 +79,4 @@ def test_examples_pass_the_enforced_guardrails() -> None:
     sources = linting.read_sources(paths, io.StringIO())
     results = linting.lint(sources, policy.resolve_modes({}, {}).modes)
     assert results, "no workload found in examples/"
-    assert not [(r.file, r.workload.name, r.report.enforced) for r in results if r.report.blocked]
+    assert not [(r.file, r.workload.name, list(r.report.findings())) for r in results if list(r.report.findings())]
