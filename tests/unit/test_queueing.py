@@ -143,13 +143,13 @@ async def test_add_after_keeps_only_the_earliest_timer() -> None:
 
 async def test_shutdown_cancels_pending_timers_and_stops_get() -> None:
     queue = WorkQueue()
-    queue.add_after(A, 0.02)
+    queue.add_after(A, 0.3)  # long enough to be pending at shutdown on a loaded machine
     waiting = asyncio.create_task(queue.get())
     await let_others_run()
     queue.shutdown()
     with pytest.raises(QueueShutDown):
         await waiting
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.4)  # past the timer: a timer left running would have fired by now
     queue.add(B)
     assert len(queue) == 0
     with pytest.raises(QueueShutDown):
