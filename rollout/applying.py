@@ -148,8 +148,8 @@ class Applier:
         }
 
     def _affinity(self, pod_spec: Body, hash_: str, spread: str | None) -> Body:
-        match_labels = (self._rollout["spec"].get("selector") or {}).get("matchLabels") or {}
-        return with_spread(pod_spec, term=spread_term(match_labels, HASH_LABEL, hash_), spread=spread)
+        selector = self._rollout["spec"].get("selector") or {}
+        return with_spread(pod_spec, term=spread_term(selector, HASH_LABEL, hash_), spread=spread)
 
     async def _set_spread(self, action: SetSpread) -> None:
         """Put sluice's term into (or out of) the pod template's anti-affinity; both lists are written whole, as a

@@ -42,7 +42,6 @@ from rollout.routers.refs import WATCHED, object_key, rollout_index
 from rollout.settings import QueueSettings, Settings
 from rollout.watching import Informer, Store, controller_index, metadata_only
 from strategies.model import ROLLOUT_LABEL
-from strategies.policy import selector_matches
 
 log = logging.getLogger(__name__)
 
@@ -134,14 +133,12 @@ class Controller:
                 self.queue.add(ObjectKey(str(body["metadata"].get("namespace", "")), str(ref["name"])))
 
     def _budget_changed(self, event_type: str, body: Body) -> None:
-        """Sluice's budget changed (someone edited or deleted it): its Rollout puts it back. Another budget came,
-        changed or went: the Rollouts whose pods it selects are checked again (the disruption-budget rule)."""
-        self._wake_owner(body)
+        """A PodDisruptionBudget came, changed or went: every Rollout of its namespace looks again (sluice's own puts
+        an edit back; another may start or stop covering a Rollout's pods, and an event does not say which pods it
+        selected before). Budgets change rarely."""
         namespace = str(body.get("metadata", {}).get("namespace", ""))
-        selector = (body.get("spec") or {}).get("selector")
-        for key, rollout in self.rollouts.items():
-            labels = ((rollout.get("spec") or {}).get("template") or {}).get("metadata", {}).get("labels") or {}
-            if key.namespace == namespace and selector_matches(selector, labels):
+        for key, _ in self.rollouts.items():
+            if key.namespace == namespace:
                 self.queue.add(key)
 
     def _analysis_run_changed(self, event_type: str, body: Body) -> None:

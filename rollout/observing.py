@@ -43,7 +43,7 @@ async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: T
                   budgets: Store | None = None, policy: Mapping[str, Mode] | None = None) -> Observed:
     """`router` is None for blue-green, whose two sides are the active and preview Services alone. `budgets` holds
     the PodDisruptionBudgets (filed by `budget_index`); `policy` is the cluster's guardrail modes."""
-    budget, covered = _budgets(budgets or Store(), rollout, body)
+    budget, covered, conflict = _budgets(budgets or Store(), rollout, body)
     stable_name, canary_name = rollout.spec.services
     results = await asyncio.gather(
         _service(client, rollout, stable_name), _service(client, rollout, canary_name),
@@ -72,6 +72,7 @@ async def observe(client: KubeClient, *, rollout: Rollout, body: Body, router: T
         policy_defaults=dict(policy or {}),
         budget_covered=covered,
         budget=budget,
+        budget_conflict=conflict,
     )
 
 
@@ -80,12 +81,13 @@ def budget_index(obj: Body) -> list[ObjectKey]:
     return [ObjectKey(str((obj.get("metadata") or {}).get("namespace") or ""), "")]
 
 
-def _budgets(store: Store, rollout: Rollout, body: Body) -> tuple[BudgetState | None, bool]:
-    """sluice's budget for this Rollout (named like it, controlled by it), and whether another budget selects the
-    pods. A namesake sluice does not control, when spec.disruptionBudget asks for one, is the user's to sort out."""
+def _budgets(store: Store, rollout: Rollout, body: Body) -> tuple[BudgetState | None, bool, str | None]:
+    """sluice's budget for this Rollout (named like it, controlled by it), whether another budget selects the pods,
+    and why sluice cannot keep its own: a namesake it does not control, when spec.disruptionBudget asks for one, is
+    the user's to sort out (reported; the rest of the Rollout goes on)."""
     uid = body["metadata"].get("uid")
     labels = (rollout.spec.template.get("metadata") or {}).get("labels") or {}
-    ours, covered = None, False
+    ours, covered, conflict = None, False, None
     for pdb in store.by_index(ObjectKey(rollout.namespace, "")):
         meta, spec = pdb["metadata"], pdb.get("spec") or {}
         controlled = any(o.get("uid") == uid and o.get("controller") for o in meta.get("ownerReferences") or [])
@@ -94,12 +96,13 @@ def _budgets(store: Store, rollout: Rollout, body: Body) -> tuple[BudgetState | 
             ours = BudgetState(name=rollout.name, min_available=spec.get("minAvailable"),
                                match_labels=dict(selector.get("matchLabels") or {}),
                                match_expressions=tuple(selector.get("matchExpressions") or ()))
-        elif meta.get("name") == rollout.name and rollout.spec.guardrails.budget is not None:
-            raise SpecError(f"spec.disruptionBudget: PodDisruptionBudget {rollout.namespace}/{rollout.name} exists "
-                            "and is not controlled by this Rollout; delete or rename it so sluice can keep its own")
-        elif not controlled and selector_matches(spec.get("selector"), labels):
+            continue
+        if meta.get("name") == rollout.name and rollout.spec.guardrails.budget is not None:
+            conflict = (f"spec.disruptionBudget not applied: PodDisruptionBudget {rollout.namespace}/{rollout.name} "
+                        "exists and is not controlled by this Rollout; delete or rename it so sluice can keep its own")
+        if not controlled and selector_matches(spec.get("selector"), labels):
             covered = True
-    return ours, covered
+    return ours, covered, conflict
 
 
 async def _nothing() -> None:

@@ -71,7 +71,9 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
     ctx, draft = common.make_context(Context, rollout, observed, reset=reset), Draft()
     common.warn_missing_stable(ctx, draft)
     if ctx.preflight.blocked and ctx.desired == ctx.stable:
-        common.settle_blocked(ctx, draft, keep=(), delay=0)  # a first version: nothing to create
+        # Nothing of this revision serves: create nothing, keep what the active Service selects.
+        common.settle_blocked(ctx, draft, keep={observed.stable_service_hash},
+                              delay=_strategy(ctx).abort_scale_down_delay)
     elif ctx.desired == ctx.stable:
         _plan_stable(ctx, draft)
     elif ctx.abort or ctx.preflight.blocked:

@@ -77,7 +77,9 @@ def plan(rollout: Rollout, observed: Observed) -> Decision:
     ctx, draft = _context(rollout, observed), Draft()
     warn_missing_stable(ctx, draft)
     if ctx.preflight.blocked and ctx.desired == ctx.stable:
-        settle_blocked(ctx, draft, keep=(), delay=0)  # a first version: nothing to create
+        # Nothing of this revision serves: create nothing, keep what the stable Service selects.
+        settle_blocked(ctx, draft, keep={observed.stable_service_hash},
+                       delay=rollout.spec.canary.abort_scale_down_delay)
     elif ctx.desired == ctx.stable:
         _plan_stable(ctx, draft)
     elif ctx.abort or ctx.preflight.blocked:

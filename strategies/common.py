@@ -13,7 +13,10 @@ Services).
   and `finish` phase, message and conditions. Every write is a `setdefault`, so the first writer of a field wins and a
   path that decides a field early (a pause) is not overwritten by the generic write after it.
 - Paths both strategies share: `settle_stable` (steady state, first version, rollback), `settle_abort`,
-  `wait_for_pods` (the progress deadline), `hold`.
+  `settle_blocked` (a template the guardrails refuse), `wait_for_pods` (the progress deadline), `hold`.
+- The guardrails (strategies/preflight.py): `make_context` gets their verdict on the template, `finish` writes it as
+  the PolicyViolation condition, `tend_guardrails` reports it and keeps sluice's PodDisruptionBudget and the spread
+  in the ReplicaSets' pod templates.
 - AnalysisRuns live next door, in strategies/runs.py.
 """
 
@@ -145,12 +148,22 @@ def make_context(cls: type[C], rollout: Rollout, obs: Observed, *, reset: bool) 
     paused_before = st.condition("Paused")
     unpaused = (not spec.paused and paused_before is not None and paused_before.status == "True"
                 and paused_before.reason == "PausedByUser")
-    running = desired == stable and desired in obs.by_hash
+    # The guardrails judge the template unless it already serves: recorded as stable, or selected by the stable
+    # Service (never merely "the only ReplicaSet left", which a blocked revision's may be).
+    running = desired in obs.by_hash and desired in (st.stable_hash, obs.stable_service_hash)
+    verdict = preflight.review(rollout, obs, running=running)
+    # A block lifted (template fixed, override, looser settings) starts the walk again, like a retry: time spent
+    # blocked is not lack of progress, and no analysis from before the block counts.
+    blocked_before = st.condition(preflight.CONDITION)
+    unblocked = (not verdict.blocked and blocked_before is not None and blocked_before.status == "True"
+                 and blocked_before.reason == preflight.BLOCKED)
+    if unblocked and not (reset or retry):
+        walk = top if started_here else top + 1
     return cls(
-        preflight=preflight.review(rollout, obs, running=running),
+        preflight=verdict,
         rollout=rollout, obs=obs, now=obs.now, desired=desired, stable=stable, new_revision=new_revision,
         abort=st.abort and not new_revision, abort_reason="requested by a user",
-        last_progress=(obs.now if new_revision or retry or unpaused or st.last_progress_time is None
+        last_progress=(obs.now if new_revision or retry or unpaused or unblocked or st.last_progress_time is None
                        else st.last_progress_time),
         walk=walk, accepted=frozenset() if walk != st.walk else frozenset(st.accepted_runs),
     )
@@ -354,8 +367,9 @@ def _deadline_exceeded(ctx: Context, draft: Draft, *, message: str) -> None:
 
 
 def settle_abort(ctx: Context, draft: Draft, *, keep: Iterable[str | None], delay: float) -> None:
-    """Traffic is back on stable (the caller moved it): retire the rest and report the abort (or the block)."""
-    if ctx.preflight.blocked:
+    """Traffic is back on stable (the caller moved it): retire the rest and report the abort (or the block; a user's
+    abort stays recorded through a block, so lifting the block does not undo it)."""
+    if ctx.preflight.blocked and not ctx.abort:
         settle_blocked(ctx, draft, keep=keep, delay=delay)
         return
     st = ctx.status
@@ -381,6 +395,7 @@ def settle_blocked(ctx: Context, draft: Draft, *, keep: Iterable[str | None], de
     reconcile after the cause is gone proceeds."""
     draft.summary = "Blocked"
     retire_replica_sets(ctx, draft, keep=keep, delay=delay)
+    draft.status["promoteFull"] = False  # a promotion asked for before the block does not outlive it
     progress(ctx, draft, abort=False, clear_pause=True)
     message = f"{preflight.BLOCKED}: {ctx.preflight.message}"
     finish(ctx, draft, phase="Degraded", message=message, progressing=(False, preflight.BLOCKED),
@@ -390,10 +405,14 @@ def settle_blocked(ctx: Context, draft: Draft, *, keep: Iterable[str | None], de
 def tend_guardrails(ctx: Context, draft: Draft) -> None:
     """Every decision: the guardrails' Events, sluice's PodDisruptionBudget and the spread in the ReplicaSets' pod
     templates, whatever the walk is doing (they protect the stable pods as much as the canary's)."""
-    draft.events.extend(preflight.events(ctx.status.condition(preflight.CONDITION), ctx.preflight))
+    previous = ctx.status.condition(preflight.CONDITION)
+    draft.events.extend(preflight.events(previous, ctx.preflight))
     spec, obs = ctx.rollout.spec, ctx.obs
     guard = spec.guardrails
-    if guard.budget is not None:
+    if obs.budget_conflict is not None:
+        if previous is None or obs.budget_conflict not in previous.message:
+            draft.event("DisruptionBudgetConflict", obs.budget_conflict, warning=True)
+    elif guard.budget is not None:
         wanted = guard.budget.min_available_for(spec.replicas)
         current = obs.budget
         if (current is None or current.min_available != wanted or dict(current.match_labels) != dict(spec.match_labels)
@@ -401,10 +420,9 @@ def tend_guardrails(ctx: Context, draft: Draft) -> None:
             draft.act(ApplyDisruptionBudget(ctx.rollout.name, wanted, spec.replicas, create=current is None))
     elif obs.budget is not None:
         draft.act(DeleteDisruptionBudget(obs.budget.name))
-    created = {a.hash for a in draft.actions if isinstance(a, CreateReplicaSet)}
-    for rs in obs.replica_sets:
-        if rs.spread != guard.spread and rs.hash not in created:
-            draft.act(SetSpread(rs.name, rs.hash, guard.spread))
+    # Before anything this decision scales: pods created by it get the spread (a new ReplicaSet has it already).
+    draft.actions[0:0] = [SetSpread(rs.name, rs.hash, guard.spread) for rs in obs.replica_sets
+                          if rs.spread != guard.spread]
 
 
 def wait_for_pods(ctx: C, draft: Draft, *, available: int, needed: int, where: str, noun: str,

@@ -116,10 +116,12 @@ def parse_guardrails(spec: Mapping[str, Any], annotations: Mapping[str, Any]) ->
 # -- spread ------------------------------------------------------------------------------------------------------
 
 
-def spread_term(match_labels: Mapping[str, str], hash_label: str, hash_: str) -> dict[str, Any]:
-    """Pods of one revision repel each other across nodes (its labels, and its hash)."""
-    return {"topologyKey": HOSTNAME_KEY,
-            "labelSelector": {"matchLabels": {**match_labels, hash_label: hash_}}}
+def spread_term(selector: Mapping[str, Any], hash_label: str, hash_: str) -> dict[str, Any]:
+    """Pods of one revision repel each other across nodes: the Rollout's selector, and the revision's hash."""
+    term: dict[str, Any] = {"matchLabels": {**(selector.get("matchLabels") or {}), hash_label: hash_}}
+    if selector.get("matchExpressions"):
+        term["matchExpressions"] = [dict(e) for e in selector["matchExpressions"]]
+    return {"topologyKey": HOSTNAME_KEY, "labelSelector": term}
 
 
 def with_spread(pod_spec: Mapping[str, Any], *, term: Mapping[str, Any], spread: str | None) -> dict[str, Any]:

@@ -342,6 +342,7 @@ class Observed:
     policy_defaults: Mapping[str, Mode] = field(default_factory=dict)
     budget_covered: bool = False
     budget: BudgetState | None = None
+    budget_conflict: str | None = None  # why sluice cannot keep its budget (a namesake it does not own)
     by_hash: Mapping[str, ReplicaSetState] = field(init=False, repr=False, compare=False)
     runs: Mapping[str, AnalysisRunState] = field(init=False, repr=False, compare=False)
 

@@ -9,9 +9,10 @@ Modes come from two layers (`resolve_modes`): the cluster's defaults (the table'
 operator), then a Rollout's own choices, which may only tighten (off < warn < enforce). What a Rollout asked to
 loosen is returned, not applied, so the controller can honour it later under an explicit override.
 
-Two callers share this module: `sluice lint` (rollout/linting.py, offline, for CI) and, later, the reconciler before
-it scales up a new revision. Nothing here does I/O; field paths in violations are relative to the object
-(`spec.template.spec.containers[0].resources.limits.memory`) so both can point at the line to change.
+Two callers share this module: `sluice lint` (rollout/linting.py, offline, for CI) and the planners, through
+strategies/preflight.py, before a new revision gets pods. Nothing here does I/O; field paths in violations are
+relative to the object (`spec.template.spec.containers[0].resources.limits.memory`) so both can point at the line to
+change.
 """
 
 from __future__ import annotations

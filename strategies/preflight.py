@@ -50,6 +50,8 @@ def review(rollout: Rollout, obs: Observed, *, running: bool) -> Preflight:
     blocked, only reported."""
     guard = rollout.spec.guardrails
     modes, notes = modes_for(obs.policy_defaults, guard)
+    if obs.budget_conflict:
+        notes.append(obs.budget_conflict)
     report = check(workload(rollout, obs), modes)
     overridden = ""
     if guard.override:

@@ -114,7 +114,7 @@ def test_spread_adds_one_term_and_keeps_the_users_affinity() -> None:
     user_term = {"topologyKey": "topology.kubernetes.io/zone", "labelSelector": {"matchLabels": {"app": NAME}}}
     pod = {"affinity": {"nodeAffinity": {"x": 1}, "podAntiAffinity": {
         "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "podAffinityTerm": user_term}]}}}
-    term = spread_term({"app": NAME}, HASH_LABEL, "abc")
+    term = spread_term({"matchLabels": {"app": NAME}}, HASH_LABEL, "abc")
     required = with_spread(pod, term=term, spread="required")
     assert required["nodeAffinity"] == {"x": 1}
     assert required["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == [term]
@@ -369,3 +369,85 @@ def test_a_decision_with_nothing_found_has_a_false_condition_and_no_event() -> N
     decision: Decision = reconcile_with_pods(cluster)
     assert condition(decision.status, "PolicyViolation")["reason"] == "PolicyPassed"
     assert not {"PolicyViolation", "PolicyWarning", "PolicyOverridden"} & set(event_reasons(decision))
+
+
+# -- what a block must not undo or leak (found in review) ------------------------------------------------------------
+
+
+def test_a_users_abort_survives_a_block_and_its_lifting() -> None:
+    cluster = _healthy()
+    cluster.set_image("app:2")
+    walk_until(cluster, lambda d: cluster.weight == 10)
+    cluster.status["abort"] = True  # `sluice abort`
+    assert cluster.reconcile().summary == "Aborted"
+    cluster.defaults = {"run-as-non-root": "enforce"}
+    aborted = cluster.reconcile()
+    assert cluster.status["abort"] is True and "abortedAt" in cluster.status, aborted.status
+    cluster.defaults = {}
+    again = cluster.reconcile()
+    assert cluster.status["abort"] is True and not any(isinstance(a, SetWeight) and a.weight > 0
+                                                        for a in again.actions)
+
+
+def test_lifting_a_block_starts_a_new_walk_with_a_fresh_progress_deadline() -> None:
+    cluster = _healthy(progressDeadlineSeconds=600, progressDeadlineAbort=True)
+    cluster.defaults = {"run-as-non-root": "enforce"}
+    cluster.set_image("app:2")
+    assert cluster.reconcile().summary == "Blocked"
+    walk = cluster.status["walk"]
+    cluster.pass_time(3600)
+    assert cluster.reconcile().summary == "Blocked"
+    cluster.defaults = {}
+    lifted = cluster.reconcile()
+    assert lifted.summary != "Aborted" and cluster.status["abort"] is False
+    assert cluster.status["walk"] == walk + 1
+    assert any(isinstance(a, CreateReplicaSet) for a in lifted.actions)
+
+
+def test_a_blocked_revision_gets_no_pods_when_the_stable_replica_set_disappears() -> None:
+    cluster = _healthy()
+    cluster.set_image("app:2")
+    walk_until(cluster, lambda d: cluster.weight == 10)
+    cluster.defaults = {"run-as-non-root": "enforce"}
+    assert cluster.reconcile().summary == "Blocked"
+    del cluster.replica_sets[f"{NAME}-{hash_of('app:1')}"]  # someone deletes stable
+    decision = cluster.reconcile()
+    assert decision.summary == "Blocked"
+    assert not [a for a in decision.actions if isinstance(a, ScaleReplicaSet) and a.replicas > 0], decision.actions
+    assert not [a for a in decision.actions if isinstance(a, SetBackend | SetWeight) and
+                getattr(a, "hash", None) == hash_of("app:2")], decision.actions
+
+
+def test_a_full_promotion_asked_before_a_block_does_not_outlive_it() -> None:
+    cluster = _healthy()
+    cluster.set_image("app:2")
+    walk_until(cluster, lambda d: cluster.weight == 10)
+    cluster.status["promoteFull"] = True
+    cluster.defaults = {"run-as-non-root": "enforce"}
+    assert cluster.reconcile().summary == "Blocked" and cluster.status["promoteFull"] is False
+
+
+def test_a_namesake_budget_is_reported_and_the_rollout_goes_on() -> None:
+    conflict = "spec.disruptionBudget not applied: PodDisruptionBudget default/demo exists and is not controlled"
+
+    @dataclass
+    class Conflicted(GuardedCluster):
+        def observed(self) -> Observed:
+            return replace(super().observed(), budget_conflict=conflict, budget_covered=True)
+
+    cluster = Conflicted(rollout_body(disruptionBudget={"maxUnavailable": 1}))
+    first = reconcile_with_pods(cluster)
+    assert [type(a) for a in first.actions] == [CreateReplicaSet]  # no budget action, the rest goes on
+    assert event_reasons(first).count("DisruptionBudgetConflict") == 1
+    assert conflict in condition(first.status, "PolicyViolation")["message"]
+    assert "DisruptionBudgetConflict" not in event_reasons(cluster.reconcile())
+
+
+def test_the_spread_is_written_before_a_replica_set_scales_up() -> None:
+    cluster = _healthy()
+    cluster.spec["spread"] = "preferred"
+    cluster.spec["replicas"] = 12  # an HPA scales up in the same moment
+    actions = cluster.reconcile().actions
+    kinds = [type(a) for a in actions]
+    assert SetSpread in kinds and ScaleReplicaSet in kinds
+    assert kinds.index(SetSpread) < kinds.index(ScaleReplicaSet)
