@@ -628,3 +628,22 @@ async def test_guardrail_fields_the_api_server_refuses(kube: KubeClient, namespa
         await kube.create(ROLLOUTS, good_rollout("web", **spec), namespace=namespace)
     assert refused.value.status == 422
     assert message in refused.value.message
+
+
+async def test_a_budget_of_the_same_name_sluice_does_not_own_is_reported_and_left_alone(
+        kube: KubeClient, namespace: str, start_controller: StartController) -> None:
+    ns = namespace
+    theirs = await kube.create(PDBS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                                      "metadata": {"name": "web"},
+                                      "spec": {"maxUnavailable": 2, "selector": {"matchLabels": {"app": "web"}}}},
+                               namespace=ns)
+    start_controller(ns)
+    await create_app(kube, ns, good_rollout("web", replicas=3, disruptionBudget={"maxUnavailable": 1},
+                                            spread="preferred"))
+    st = await wait_status(kube, ns, _healthy_on(), what="Healthy despite the budget it cannot keep")
+    assert "spec.disruptionBudget not applied: PodDisruptionBudget" in _policy(st)["message"]
+    [event] = await _events(kube, ns, "web", "DisruptionBudgetConflict")
+    assert event["type"] == "Warning"
+    pdb = await _pdb(kube, ns)
+    assert pdb is not None and pdb["metadata"]["uid"] == theirs["metadata"]["uid"]
+    assert pdb["spec"]["maxUnavailable"] == 2 and not pdb["metadata"].get("ownerReferences")
