@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from rollout.auth import AuthError, Reviewer, User
 from rollout.kube import REPLICASETS, ROLLOUTS, SERVICES, VIRTUALSERVICES, Body, KubeClient
 from strategies.model import HASH_LABEL
 
@@ -254,3 +255,17 @@ async def create_blue_green_app(kube: KubeClient, ns: str, rollout: Body) -> Bod
 async def blue_green_selectors(kube: KubeClient, ns: str) -> tuple[str | None, str | None]:
     """The revisions (pod-template hashes) the active and preview Services select."""
     return await selector_hash(kube, ns, "web-active"), await selector_hash(kube, ns, "web-preview")
+
+
+async def wait_allowed(kube: KubeClient, user: User, *, verb: str, namespace: str) -> None:
+    """RBAC sees a new binding through its informer a moment later: poll with an uncached reviewer."""
+    fresh = Reviewer(kube, cache_seconds=0)
+
+    async def allowed() -> bool:
+        try:
+            await fresh.authorize(user, verb=verb, namespace=namespace)
+        except AuthError:
+            return False
+        return True
+
+    await wait_for(allowed, timeout=30, what=f"{user.name} allowed to {verb}")

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from rollout.auth import Reviewer
 from rollout.kube import EVENTS, ROLLOUTS, Body, KubeClient, Resource
 from tests.integration.kit import (
     ControllerProcess,
@@ -19,6 +20,7 @@ from tests.integration.kit import (
     paused_at,
     rollout_body,
     status,
+    wait_allowed,
     wait_for,
     wait_status,
     weights,
@@ -81,6 +83,10 @@ async def _persona(kube: KubeClient, ns: str, who: str, verbs: list[str]) -> str
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": who},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": who},
             "subjects": [{"kind": "ServiceAccount", "name": who, "namespace": ns}]}, namespace=ns)
+        # RBAC sees the new binding a moment later, and the API caches a denial for seconds: a call made at once
+        # could be refused for a while. Every verb comes with the one binding.
+        user = await Reviewer(kube).authenticate(f"Bearer {token}")
+        await wait_allowed(kube, user, verb=verbs[0], namespace=ns)
     return token
 
 

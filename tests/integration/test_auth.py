@@ -16,7 +16,7 @@ import yaml
 from rollout.auth import AuthError, Reviewer, User
 from rollout.kube import SERVICEACCOUNTS, KubeClient, Resource
 from rollout.settings import RetrySettings
-from tests.integration.kit import wait_for
+from tests.integration.kit import wait_allowed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,20 +43,6 @@ async def grant(kube: KubeClient, namespace: str, service_account: str, verbs: l
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": service_account},
         "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
     }, namespace=namespace)
-
-
-async def wait_allowed(kube: KubeClient, user: User, *, verb: str, namespace: str) -> None:
-    """RBAC sees a new binding through its informer a moment later: poll with an uncached reviewer."""
-    fresh = Reviewer(kube, cache_seconds=0)
-
-    async def allowed() -> bool:
-        try:
-            await fresh.authorize(user, verb=verb, namespace=namespace)
-        except AuthError:
-            return False
-        return True
-
-    await wait_for(allowed, timeout=30, what=f"{user.name} allowed to {verb}")
 
 
 class Reviews:
