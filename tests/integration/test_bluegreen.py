@@ -260,10 +260,13 @@ async def test_controller_killed_in_preview_continues_without_repeating_or_skipp
         return next((r for r in await _runs(kube, ns) if (r.get("status") or {}).get("phase") == "Running"), None)
 
     await wait_for(measuring, what="the pre-promotion analysis measuring")
+    await _events(kube, ns, "AnalysisRunCreated")  # written just after the run: a kill before it would lose it
     controller.kill()  # during the analysis: the run and the walk are in the cluster, not in memory
     controller.start()
     st = await wait_status(kube, ns, _paused_in_preview, what="paused after the analysis passed", timeout=60)
     started = st["pauseConditions"][0]["startTime"]
+    # RolloutPaused is written just after that status: a kill before it would lose it (a restart does not repeat it).
+    await _events(kube, ns, "RolloutPaused")
     controller.kill()  # during the pause: its start time is in the status
     assert await blue_green_selectors(kube, ns) == (v1, st["canaryHash"])
     controller.start()

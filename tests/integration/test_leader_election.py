@@ -132,8 +132,15 @@ async def test_only_the_lease_holder_reconciles_while_every_replica_serves_the_a
     token = await _persona(kube, ns, "sre", PERSONAS["sre"])
     async with aiohttp.ClientSession() as session:
         api = Api(await procs[follower].api_url(), ns, {"sre": token}, session)
-        code, view = await api.call("GET", api.rollout())
-        assert code == 200 and view["phase"] == "Paused" and view["weights"] == {"stable": 90, "canary": 10}, view
+
+        async def paused_in_the_followers_cache() -> Body | None:
+            # Its caches follow the leader's writes through its own watches: a moment behind what we just read.
+            code, view = await api.call("GET", api.rollout())
+            assert code == 200, view
+            return view if view["phase"] == "Paused" and view["currentStep"] == 1 else None
+
+        view = await wait_for(paused_in_the_followers_cache, what="the follower's view of the pause", timeout=15)
+        assert view["weights"] == {"stable": 90, "canary": 10}, view
         code, view = await api.call("POST", api.rollout(op="resume"))
         assert code == 200, view
     await wait_status(kube, ns, paused_at(3), what="resumed through the follower, walked by the leader")
@@ -166,6 +173,11 @@ async def test_killed_leader_is_replaced_within_the_lease_duration_and_the_rollo
     await set_image(kube, ns, "registry.example/web:2")
     await wait_status(kube, ns, paused_at(3), what="the timed pause at step 4", timeout=60)
 
+    async def third_step_reported() -> bool:
+        # Written just after the status we read: a kill before it would lose it (the successor does not repeat it).
+        return 3 in {number for number, _ in completed_steps(await events(kube, ns))}
+
+    await wait_for(third_step_reported, what="the Event for step 3", timeout=15)
     killed_at = time.monotonic()
     procs[leader].kill()  # SIGKILL: no release, the Lease must expire
     await wait_for(partial(named, kube, ns, successor), what=f"{successor} to take the Lease", timeout=30,
@@ -181,7 +193,13 @@ async def test_killed_leader_is_replaced_within_the_lease_duration_and_the_rollo
                            and s.get("stableHash") == s.get("canaryHash"), what="promoted by the successor",
                            timeout=60)
     assert st["stepDisplay"] == f"{len(steps)}/{len(steps)}"
-    completed = completed_steps(await events(kube, ns))
+
+    async def last_step_reported() -> list[tuple[int, str]] | None:
+        # Events are written after the status patch: the last step's may follow the Healthy we just read.
+        found = completed_steps(await events(kube, ns))
+        return found if len(steps) in {number for number, _ in found} else None
+
+    completed = await wait_for(last_step_reported, what=f"the Event for step {len(steps)}", timeout=15)
     numbers = [number for number, _ in completed]
     assert sorted(numbers) == list(range(1, len(steps) + 1)), f"a step repeated or skipped: {completed}"
     # Steps 1-3 completed before the kill, by the leader; everything after it, by the successor.
@@ -213,4 +231,10 @@ async def test_leader_stopped_with_sigterm_releases_the_lease_so_the_other_takes
 
     await set_image(kube, ns, "registry.example/web:2")
     await wait_status(kube, ns, paused_at(1), what="the successor walks the new revision")
-    assert [who for _, who in completed_steps(await events(kube, ns))] == [successor]
+
+    async def first_step_reported() -> list[tuple[int, str]] | None:
+        found = completed_steps(await events(kube, ns))  # written after the status patch we just read
+        return found or None
+
+    completed = await wait_for(first_step_reported, what="the Event for step 1", timeout=15)
+    assert [who for _, who in completed] == [successor], completed
