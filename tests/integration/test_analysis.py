@@ -124,8 +124,10 @@ async def test_rising_error_rate_aborts_through_step_analysis_within_an_interval
     async def back_on_stable() -> bool:
         return await weights(kube, ns) == (100, 0)
 
-    # Interval (1 s) plus one scrape (1 s), plus 2 s for a shared, noisy machine (measured here: about 1.5 s).
-    await wait_for(back_on_stable, what="all traffic back on stable", timeout=4)
+    # Driven by the measurements, not by a resync (300 s): interval (1 s) plus one scrape (1 s) when the machine is
+    # quiet (measured: about 1.5 s, printed below). The bound leaves room for a shared, loaded CI machine (2 s there
+    # under load); speed itself is not asserted in tests.
+    await wait_for(back_on_stable, what="all traffic back on stable", timeout=15)
     elapsed = time.monotonic() - started
     st = await wait_status(kube, ns, _aborted, what="aborted")
     assert "error-rate" in st["message"] and "failureCondition" in st["message"], st["message"]
@@ -158,7 +160,8 @@ async def test_background_analysis_aborts_while_steps_are_paused(
     async def back_on_stable() -> bool:
         return await weights(kube, ns) == (100, 0)
 
-    await wait_for(back_on_stable, what="all traffic back on stable", timeout=4)
+    # Driven by the measurements while the steps are paused (a resync would take 300 s).
+    await wait_for(back_on_stable, what="all traffic back on stable", timeout=15)
     st = await wait_status(kube, ns, _aborted, what="aborted by background analysis")
     assert run["metadata"]["name"] in st["message"]
 

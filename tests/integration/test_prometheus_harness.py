@@ -65,8 +65,9 @@ def test_latency_set_on_the_app_shows_in_the_p99(prometheus: Prometheus, start_m
 
     app.set(latency=0.12)
 
-    # 120 ms (plus the sleep's overshoot) falls in the (0.1, 0.15] bucket, and histogram_quantile interpolates there.
-    wait_for_value(prometheus, p99_latency(app.name), lambda p99: 0.1 < p99 <= 0.15, what="p99 near 120 ms",
+    # 120 ms falls in the (0.1, 0.15] bucket, and histogram_quantile interpolates there; on a loaded machine more
+    # than 1% of sleeps may overshoot into the next buckets (up to 0.3), which still says "about 120 ms, not 0".
+    wait_for_value(prometheus, p99_latency(app.name), lambda p99: 0.1 < p99 <= 0.3, what="p99 near 120 ms",
                    timeout=15)
 
 
