@@ -420,9 +420,11 @@ def tend_guardrails(ctx: Context, draft: Draft) -> None:
             draft.act(ApplyDisruptionBudget(ctx.rollout.name, wanted, spec.replicas, create=current is None))
     elif obs.budget is not None:
         draft.act(DeleteDisruptionBudget(obs.budget.name))
-    # Before anything this decision scales: pods created by it get the spread (a new ReplicaSet has it already).
+    # Only ReplicaSets that have (or get, in this decision) pods, and before anything this decision scales, so the
+    # pods it creates spread (a new ReplicaSet has it already; an empty one gets it when it is scaled up again).
+    sizes = {a.name: a.replicas for a in draft.actions if isinstance(a, ScaleReplicaSet)}
     draft.actions[0:0] = [SetSpread(rs.name, rs.hash, guard.spread) for rs in obs.replica_sets
-                          if rs.spread != guard.spread]
+                          if rs.spread != guard.spread and sizes.get(rs.name, rs.replicas) > 0]
 
 
 def wait_for_pods(ctx: C, draft: Draft, *, available: int, needed: int, where: str, noun: str,

@@ -451,3 +451,20 @@ def test_the_spread_is_written_before_a_replica_set_scales_up() -> None:
     kinds = [type(a) for a in actions]
     assert SetSpread in kinds and ScaleReplicaSet in kinds
     assert kinds.index(SetSpread) < kinds.index(ScaleReplicaSet)
+
+
+def test_spread_skips_empty_replica_sets_until_they_are_scaled_up_again() -> None:
+    cluster = _healthy(steps=[{"setWeight": 50}])
+    cluster.set_image("app:2")
+    walk_until(cluster, lambda d: cluster.status.get("stableHash") == hash_of("app:2") and d.summary == "Healthy")
+    cluster.pass_time(60)
+    cluster.reconcile()  # the old stable scales down after its delay
+    old = f"{NAME}-{hash_of('app:1')}"
+    assert cluster.replica_sets[old].replicas == 0
+    cluster.spec["spread"] = "required"
+    assert cluster.reconcile().actions == (SetSpread(f"{NAME}-{hash_of('app:2')}", hash_of("app:2"), "required"),)
+    # A rollback scales the empty one up: its spread is written first.
+    cluster.set_image("app:1")
+    actions = cluster.reconcile().actions
+    assert actions[0] == SetSpread(old, hash_of("app:1"), "required")
+    assert any(isinstance(a, ScaleReplicaSet) and a.name == old and a.replicas > 0 for a in actions[1:])
