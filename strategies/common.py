@@ -396,6 +396,10 @@ def settle_blocked(ctx: Context, draft: Draft, *, keep: Iterable[str | None], de
     draft.summary = "Blocked"
     retire_replica_sets(ctx, draft, keep=keep, delay=delay)
     draft.status["promoteFull"] = False  # a promotion asked for before the block does not outlive it
+    if ctx.stable == ctx.desired:
+        # Nothing else is left to call stable (a first version, a deleted stable ReplicaSet): the blocked revision
+        # must not be recorded as stable, or the next reconcile would take it as running and let it through.
+        draft.status["stableHash"] = ctx.status.stable_hash
     progress(ctx, draft, abort=False, clear_pause=True)
     message = f"{preflight.BLOCKED}: {ctx.preflight.message}"
     finish(ctx, draft, phase="Degraded", message=message, progressing=(False, preflight.BLOCKED),
@@ -420,11 +424,16 @@ def tend_guardrails(ctx: Context, draft: Draft) -> None:
             draft.act(ApplyDisruptionBudget(ctx.rollout.name, wanted, spec.replicas, create=current is None))
     elif obs.budget is not None:
         draft.act(DeleteDisruptionBudget(obs.budget.name))
-    # Only ReplicaSets that have (or get, in this decision) pods, and before anything this decision scales, so the
-    # pods it creates spread (a new ReplicaSet has it already; an empty one gets it when it is scaled up again).
+    # Only ReplicaSets that have (or get, in this decision) pods; each just before this decision scales it, so the
+    # pods it creates spread, and after the rest (traffic back to stable never waits on a spread). A new ReplicaSet
+    # has it from its creation; an empty one gets it when it is scaled up again.
     sizes = {a.name: a.replicas for a in draft.actions if isinstance(a, ScaleReplicaSet)}
-    draft.actions[0:0] = [SetSpread(rs.name, rs.hash, guard.spread) for rs in obs.replica_sets
-                          if rs.spread != guard.spread and sizes.get(rs.name, rs.replicas) > 0]
+    for rs in obs.replica_sets:
+        if rs.spread == guard.spread or sizes.get(rs.name, rs.replicas) == 0:
+            continue
+        scaled = next((i for i, a in enumerate(draft.actions) if isinstance(a, ScaleReplicaSet) and a.name == rs.name),
+                      len(draft.actions))
+        draft.actions.insert(scaled, SetSpread(rs.name, rs.hash, guard.spread))
 
 
 def wait_for_pods(ctx: C, draft: Draft, *, available: int, needed: int, where: str, noun: str,

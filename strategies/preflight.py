@@ -42,7 +42,8 @@ def workload(rollout: Rollout, obs: Observed) -> Workload:
     spec = rollout.spec
     return Workload(kind="Rollout", namespace=rollout.namespace, name=rollout.name, replicas=spec.replicas,
                     template=spec.template, spread=spec.guardrails.spread,
-                    disruption_budget=spec.guardrails.budget is not None or obs.budget_covered)
+                    disruption_budget=(spec.guardrails.budget is not None and obs.budget_conflict is None)
+                    or obs.budget_covered)
 
 
 def review(rollout: Rollout, obs: Observed, *, running: bool) -> Preflight:

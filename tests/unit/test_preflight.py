@@ -411,11 +411,27 @@ def test_a_blocked_revision_gets_no_pods_when_the_stable_replica_set_disappears(
     cluster.defaults = {"run-as-non-root": "enforce"}
     assert cluster.reconcile().summary == "Blocked"
     del cluster.replica_sets[f"{NAME}-{hash_of('app:1')}"]  # someone deletes stable
-    decision = cluster.reconcile()
-    assert decision.summary == "Blocked"
-    assert not [a for a in decision.actions if isinstance(a, ScaleReplicaSet) and a.replicas > 0], decision.actions
-    assert not [a for a in decision.actions if isinstance(a, SetBackend | SetWeight) and
-                getattr(a, "hash", None) == hash_of("app:2")], decision.actions
+    for _ in range(3):  # not only once: a blocked revision must never come to count as the running one
+        decision = cluster.reconcile()
+        assert decision.summary == "Blocked"
+        assert cluster.status.get("stableHash") != hash_of("app:2")
+        assert not [a for a in decision.actions if isinstance(a, ScaleReplicaSet) and a.replicas > 0]
+        assert not [a for a in decision.actions if isinstance(a, SetBackend) and a.hash == hash_of("app:2")]
+        cluster.pass_time(10)
+
+
+def test_a_first_version_created_before_a_stricter_controller_restarted_stays_blocked() -> None:
+    cluster = GuardedCluster(rollout_body())
+    first = cluster.plan()
+    cluster.apply(first, crash_after=len(first.actions))  # the ReplicaSet exists, the status write was lost
+    cluster.make_available()
+    cluster.defaults = {"run-as-non-root": "enforce"}
+    for _ in range(3):
+        decision = cluster.reconcile()
+        assert decision.summary == "Blocked"
+        assert cluster.stable_service_hash is None and "stableHash" not in cluster.status
+        cluster.pass_time(20)
+    assert cluster.rs("app:1").replicas == 0  # scaled down after abortScaleDownDelaySeconds
 
 
 def test_a_full_promotion_asked_before_a_block_does_not_outlive_it() -> None:
@@ -435,7 +451,7 @@ def test_a_namesake_budget_is_reported_and_the_rollout_goes_on() -> None:
         def observed(self) -> Observed:
             return replace(super().observed(), budget_conflict=conflict, budget_covered=True)
 
-    cluster = Conflicted(rollout_body(disruptionBudget={"maxUnavailable": 1}))
+    cluster = Conflicted(rollout_body(disruptionBudget={"maxUnavailable": 1}), defaults={"run-as-non-root": "off"})
     first = reconcile_with_pods(cluster)
     assert [type(a) for a in first.actions] == [CreateReplicaSet]  # no budget action, the rest goes on
     assert event_reasons(first).count("DisruptionBudgetConflict") == 1
@@ -468,3 +484,24 @@ def test_spread_skips_empty_replica_sets_until_they_are_scaled_up_again() -> Non
     actions = cluster.reconcile().actions
     assert actions[0] == SetSpread(old, hash_of("app:1"), "required")
     assert any(isinstance(a, ScaleReplicaSet) and a.name == old and a.replicas > 0 for a in actions[1:])
+
+
+def test_a_budget_sluice_cannot_keep_does_not_satisfy_the_rule() -> None:
+    body = rollout_body(disruptionBudget={"maxUnavailable": 1}, policy={"disruption-budget": "enforce"})
+    rollout = parse_rollout(body)
+    obs = Observed(now=Cluster(body).now, replica_sets=(), stable_service_hash=None, canary_service_hash=None,
+                   canary_weight=0, budget_conflict="spec.disruptionBudget not applied: ...")
+    verdict = preflight.review(rollout, obs, running=False)
+    assert verdict.blocked and "disruption-budget (enforce)" in verdict.message
+    assert not preflight.review(rollout, replace(obs, budget_covered=True), running=False).blocked
+
+
+def test_spread_comes_after_the_traffic_returns_to_stable() -> None:
+    cluster = _healthy()
+    cluster.set_image("app:2")
+    walk_until(cluster, lambda d: cluster.weight == 10)
+    cluster.spec["spread"] = "preferred"
+    cluster.status["abort"] = True
+    actions = cluster.reconcile().actions
+    weight = next(i for i, a in enumerate(actions) if isinstance(a, SetWeight))
+    assert all(i > weight for i, a in enumerate(actions) if isinstance(a, SetSpread)), actions
