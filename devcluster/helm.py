@@ -250,3 +250,16 @@ def prometheus_operator_crds(*, kinds: frozenset[str] = MONITORING_KINDS, cwd: P
                 doc.pop("status", None)
                 docs.append(doc)
     return docs
+
+
+def policy_override_admission(*, release: str, namespace: str) -> list[Json]:
+    """The chart's policy-override admission policy, its binding (to `namespace` only) and the ClusterRole granting
+    the verb, rendered under names unique to `release` (they are cluster-scoped): for tests that install them."""
+    docs = render(release=release, namespace=namespace, values={
+        "fullnameOverride": release, "watchNamespaces": [namespace], "userRoles": {"namePrefix": release}})
+    objects = [*find(docs, "ValidatingAdmissionPolicy"), *find(docs, "ValidatingAdmissionPolicyBinding"),
+               *find(docs, "ClusterRole", f"{release}-policy-override")]
+    if len(objects) != 3:
+        raise HelmError(f"the chart renders {[d['kind'] for d in objects]}, not the policy-override admission policy, "
+                        "its binding and its ClusterRole")
+    return objects

@@ -32,6 +32,7 @@ from devcluster.helm import Json
 from devcluster.prometheus import prometheus_binary
 from rollout.installing import CRDS
 from rollout.kube import ApiError, KubeClient
+from strategies.guardrails import OVERRIDE_ANNOTATION, OVERRIDE_BY_ANNOTATION
 from tests.integration.kit import REPO, rollout_body
 
 pytestmark = pytest.mark.integration
@@ -382,8 +383,6 @@ def test_the_notes_say_how_to_reach_the_api_and_which_roles_to_bind(chart_cluste
 
 # -- the policy-override admission, for real ------------------------------------------------------------------------
 
-OVERRIDE = "sluice.dev/policy-override"
-OVERRIDE_BY = "sluice.dev/policy-override-by"
 ROLLOUTS_PATH = "/apis/sluice.dev/v1alpha1/namespaces/{ns}/rollouts"
 _admission_ids = itertools.count()
 
@@ -447,11 +446,7 @@ def override_admission(control_plane: ControlPlane) -> Iterator[tuple[str, list[
     ns = f"chart-{release}"
     control_plane.api.request("POST", "/api/v1/namespaces", body={
         "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    docs = helm.render(release=release, namespace=ns,
-                       values={"watchNamespaces": [ns], "userRoles": {"namePrefix": release}})
-    installed = [*helm.find(docs, "ValidatingAdmissionPolicy"), *helm.find(docs, "ValidatingAdmissionPolicyBinding"),
-                 *helm.find(docs, "ClusterRole", f"{release}-policy-override")]
-    assert len(installed) == 3
+    installed = helm.policy_override_admission(release=release, namespace=ns)
     try:
         helm.apply(control_plane.api, installed)
         yield ns, installed
@@ -478,11 +473,12 @@ def test_only_a_user_with_override_policy_naming_themself_may_override_a_rollout
 
     # The API server loads a new policy within a second or two: until then the dry-run is admitted.
     def refused_while_loading() -> str | None:
-        status, message = dev.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: dev.name}, dry_run=True)
+        status, message = dev.annotate("web", {OVERRIDE_ANNOTATION: "spread=off", OVERRIDE_BY_ANNOTATION: dev.name},
+                                       dry_run=True)
         return message if status == 403 else None
 
     message = _poll(refused_while_loading, timeout=60, what="the policy-override admission policy to take effect")
-    assert f"user {dev.name} may not set {OVERRIDE}: missing verb override-policy on rollouts" in message
+    assert f"user {dev.name} may not set {OVERRIDE_ANNOTATION}: missing verb override-policy on rollouts" in message
     assert f"the ClusterRole {override_role['metadata']['name']}" in message
     [policy] = helm.find(installed, "ValidatingAdmissionPolicy")
 
@@ -496,34 +492,34 @@ def test_only_a_user_with_override_policy_naming_themself_may_override_a_rollout
     assert not (checked.get("typeChecking") or {}).get("expressionWarnings"), checked
 
     # Patch rights alone do not loosen guardrails, nor does the verb with someone else's name (or none).
-    status, message = dev.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: lead.name})
+    status, message = dev.annotate("web", {OVERRIDE_ANNOTATION: "spread=off", OVERRIDE_BY_ANNOTATION: lead.name})
     assert (status, "missing verb override-policy" in message) == (403, True), message
-    status, message = lead.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: dev.name})
+    status, message = lead.annotate("web", {OVERRIDE_ANNOTATION: "spread=off", OVERRIDE_BY_ANNOTATION: dev.name})
     assert status == 403
-    assert f"the annotation {OVERRIDE_BY} must be your username {lead.name} (it says {dev.name})" in message
-    status, message = lead.annotate("web", {OVERRIDE: "spread=off"})
+    assert f"the annotation {OVERRIDE_BY_ANNOTATION} must be your username {lead.name} (it says {dev.name})" in message
+    status, message = lead.annotate("web", {OVERRIDE_ANNOTATION: "spread=off"})
     assert (status, f"must be your username {lead.name} (it is missing)" in message) == (403, True), message
 
     # The verb and one's own name: admitted, and what the controller will read.
-    assert lead.annotate("web", {OVERRIDE: "spread=off", OVERRIDE_BY: lead.name}) == (200, "")
+    assert lead.annotate("web", {OVERRIDE_ANNOTATION: "spread=off", OVERRIDE_BY_ANNOTATION: lead.name}) == (200, "")
     stored = api.request("GET", f"{ROLLOUTS_PATH.format(ns=ns)}/web")["metadata"]["annotations"]
-    assert (stored[OVERRIDE], stored[OVERRIDE_BY]) == ("spread=off", lead.name)
+    assert (stored[OVERRIDE_ANNOTATION], stored[OVERRIDE_BY_ANNOTATION]) == ("spread=off", lead.name)
 
     # Others keep working on the Rollout, but may not change the override or claim it.
     assert dev.annotate("web", {"team": "shop"}) == (200, "")
-    assert dev.annotate("web", {OVERRIDE: "spread=off,pinned-image=off"})[0] == 403
-    assert dev.annotate("web", {OVERRIDE_BY: dev.name})[0] == 403
-    assert dev.annotate("web", {OVERRIDE_BY: None})[0] == 403
+    assert dev.annotate("web", {OVERRIDE_ANNOTATION: "spread=off,pinned-image=off"})[0] == 403
+    assert dev.annotate("web", {OVERRIDE_BY_ANNOTATION: dev.name})[0] == 403
+    assert dev.annotate("web", {OVERRIDE_BY_ANNOTATION: None})[0] == 403
 
     # Removing the override tightens: anyone who may patch the Rollout may.
-    assert dev.annotate("web", {OVERRIDE: None, OVERRIDE_BY: None}) == (200, "")
+    assert dev.annotate("web", {OVERRIDE_ANNOTATION: None, OVERRIDE_BY_ANNOTATION: None}) == (200, "")
     stored = api.request("GET", f"{ROLLOUTS_PATH.format(ns=ns)}/web")["metadata"].get("annotations") or {}
-    assert not {OVERRIDE, OVERRIDE_BY} & set(stored)
+    assert not {OVERRIDE_ANNOTATION, OVERRIDE_BY_ANNOTATION} & set(stored)
 
     # A CREATE carrying an override is judged the same way (there is no object before it).
     def overridden(name: str, by: str) -> Json:
         body = rollout_body(name)
-        body["metadata"]["annotations"] = {OVERRIDE: "pinned-image=warn", OVERRIDE_BY: by}
+        body["metadata"]["annotations"] = {OVERRIDE_ANNOTATION: "pinned-image=warn", OVERRIDE_BY_ANNOTATION: by}
         return body
 
     status, message = dev.create(overridden("api", dev.name))

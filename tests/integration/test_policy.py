@@ -34,6 +34,7 @@ from rollout.kube import (
     Resource,
 )
 from rollout.settings import RetrySettings
+from strategies.guardrails import OVERRIDE_ANNOTATION, OVERRIDE_BY_ANNOTATION
 from strategies.model import HASH_LABEL, template_hash
 from strategies.policy import HOSTNAME_KEY, MODES, RULES, Mode
 from tests.integration.kit import (
@@ -57,8 +58,6 @@ ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "Rol
 
 V1 = "registry.example/web:1"
 V2 = "registry.example/web:2"
-OVERRIDE = "sluice.dev/policy-override"
-OVERRIDE_BY = "sluice.dev/policy-override-by"
 QUICK_STEPS: list[Body] = [{"setWeight": 50}]  # one step, no pause: v2 completes on its own
 CONTAINER = "spec.template.spec.containers[0]"
 # Where each rule's violation (made by `_violate`) is reported.
@@ -338,15 +337,10 @@ async def test_spec_policy_tightens_and_never_loosens(
 
 @pytest.fixture
 async def override_admission(control_plane: ControlPlane, namespace: str) -> AsyncIterator[list[Body]]:
-    """The chart's ValidatingAdmissionPolicy and its binding, rendered for this namespace under a release of its
-    own; deleted after the test."""
+    """The chart's policy-override admission policy (with its binding and ClusterRole), rendered for this namespace
+    under a release of its own; deleted after the test."""
     release = f"policy-{os.getpid() % 1000}-{next(_ids)}"
-    docs = await asyncio.to_thread(helm.render, release=release, namespace=namespace, values={
-        "fullnameOverride": release, "watchNamespaces": [namespace],
-        "policy": {"overrideAdmission": {"enabled": True}}})
-    admission = [*helm.find(docs, "ValidatingAdmissionPolicy"), *helm.find(docs, "ValidatingAdmissionPolicyBinding")]
-    rendered = sorted({d["kind"] for d in docs})
-    assert len(admission) == 2, f"the chart renders no ValidatingAdmissionPolicy and binding, only {rendered}"
+    admission = await asyncio.to_thread(helm.policy_override_admission, release=release, namespace=namespace)
     await asyncio.to_thread(helm.apply, control_plane.api, admission)
     try:
         yield admission
@@ -369,7 +363,7 @@ async def _user(kube: KubeClient, control_plane: ControlPlane, ns: str, user: st
 
 async def _set_override(client: KubeClient, ns: str, name: str, override: str, by: str) -> None:
     await client.patch(ROLLOUTS, name=name, namespace=ns,
-                       patch={"metadata": {"annotations": {OVERRIDE: override, OVERRIDE_BY: by}}})
+                       patch={"metadata": {"annotations": {OVERRIDE_ANNOTATION: override, OVERRIDE_BY_ANNOTATION: by}}})
 
 
 async def _refusal(call: Awaitable[Any]) -> ApiError | None:
@@ -422,7 +416,7 @@ async def test_only_a_user_with_override_policy_can_loosen_a_blocked_rollout(
         assert in_someone_elses_name is not None, f"{alice} set an override naming {mallory}"
         assert in_someone_elses_name.status in (403, 422) and alice in in_someone_elses_name.message
         annotations = (await get_rollout(kube, ns, "web"))["metadata"].get("annotations") or {}
-        assert OVERRIDE not in annotations
+        assert OVERRIDE_ANNOTATION not in annotations
         st = await status(kube, ns)
         assert _blocked(st) and st["stableHash"] == v1
 
