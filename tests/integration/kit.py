@@ -12,12 +12,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from rollout.auth import AuthError, Reviewer, User
-from rollout.kube import REPLICASETS, ROLLOUTS, SERVICES, VIRTUALSERVICES, Body, KubeClient
+from rollout.kube import REPLICASETS, ROLLOUTS, SERVICES, VIRTUALSERVICES, Body, KubeClient, Resource
 from strategies.model import HASH_LABEL
 
 T = TypeVar("T")
@@ -36,6 +36,12 @@ async def wait_for(probe: Callable[[], Awaitable[T | None]], *, timeout: float =
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {last!r}")
 
+
+# Kinds the tests create or read that sluice itself never touches.
+PODS = Resource("", "v1", "pods", "Pod")
+ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
+ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
+CLUSTER_ROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
 
 RESOURCES: Body = {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "16Mi"}}
 
@@ -269,3 +275,16 @@ async def wait_allowed(kube: KubeClient, user: User, *, verb: str, namespace: st
         return True
 
     await wait_for(allowed, timeout=30, what=f"{user.name} allowed to {verb}")
+
+
+async def grant(kube: KubeClient, ns: str, user: str, rules: Sequence[Body]) -> None:
+    """`rules` for the client-certificate `user` in `ns`, through a ClusterRole named `<ns>-sluice` (the test deletes
+    it) and a RoleBinding in `ns`."""
+    role = f"{ns}-sluice"
+    await kube.create(CLUSTER_ROLES, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+                                      "metadata": {"name": role}, "rules": list(rules)})
+    await kube.create(ROLE_BINDINGS, {
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "sluice"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }, namespace=ns)

@@ -15,6 +15,8 @@ import pytest
 from rollout.auth import Reviewer
 from rollout.kube import EVENTS, ROLLOUTS, Body, KubeClient, Resource
 from tests.integration.kit import (
+    ROLE_BINDINGS,
+    ROLES,
     ControllerProcess,
     create_app,
     paused_at,
@@ -27,8 +29,6 @@ from tests.integration.kit import (
 )
 
 SERVICE_ACCOUNTS = Resource("", "v1", "serviceaccounts", "ServiceAccount")
-ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
-ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
 OPERATOR_VERBS = ["pause", "resume", "promote", "abort", "retry", "restart", "undo", "update-image"]
 PERSONAS: dict[str, list[str]] = {

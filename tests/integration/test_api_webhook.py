@@ -13,8 +13,16 @@ import aiohttp
 
 from rollout.kube import ROLLOUTS, SECRETS, KubeClient
 from rollout.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
-from tests.integration.kit import ControllerProcess, create_app, rollout_body, wait_for, wait_status
-from tests.integration.test_rbac import CLUSTER_ROLES, SLUICE_RULES, _grant
+from tests.integration.kit import (
+    CLUSTER_ROLES,
+    ControllerProcess,
+    create_app,
+    grant,
+    rollout_body,
+    wait_for,
+    wait_status,
+)
+from tests.integration.test_rbac import SLUICE_RULES
 
 SECRET = b"registry-hook-secret"
 
@@ -97,7 +105,7 @@ async def test_readyz_is_503_until_the_watches_sync(kube: KubeClient, namespace:
             async with session.get(url + "/readyz") as response:
                 assert response.status == 503
                 assert "not ready" in (await response.json())["error"]["message"]
-            await _grant(kube, namespace, f"unsynced-{namespace}", SLUICE_RULES)
+            await grant(kube, namespace, f"unsynced-{namespace}", SLUICE_RULES)
 
             async def ready() -> bool:
                 async with session.get(url + "/readyz") as response:

@@ -14,14 +14,12 @@ import pytest
 import yaml
 
 from rollout.auth import AuthError, Reviewer, User
-from rollout.kube import SERVICEACCOUNTS, KubeClient, Resource
+from rollout.kube import SERVICEACCOUNTS, KubeClient
 from rollout.settings import RetrySettings
-from tests.integration.kit import wait_allowed, wait_for
+from tests.integration.kit import ROLE_BINDINGS, ROLES, wait_allowed, wait_for
 
 pytestmark = pytest.mark.integration
 
-ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
-ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
 
 async def service_account_token(kube: KubeClient, namespace: str, name: str) -> str:

@@ -23,6 +23,7 @@ from devcluster import ControlPlane, helm
 from rollout.kube import (
     EVENTS,
     NAMESPACES,
+    PODDISRUPTIONBUDGETS,
     REPLICASETS,
     ROLLOUTS,
     SERVICES,
@@ -31,13 +32,15 @@ from rollout.kube import (
     Body,
     KubeClient,
     NotFound,
-    Resource,
 )
 from rollout.settings import RetrySettings
 from strategies.guardrails import OVERRIDE_ANNOTATION, OVERRIDE_BY_ANNOTATION
 from strategies.model import HASH_LABEL, template_hash
 from strategies.policy import HOSTNAME_KEY, MODES, RULES, Mode
 from tests.integration.kit import (
+    PODS,
+    ROLE_BINDINGS,
+    ROLES,
     ControllerProcess,
     condition,
     get_rollout,
@@ -51,10 +54,6 @@ from tests.integration.kit import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
-PODS = Resource("", "v1", "pods", "Pod")
-PDBS = Resource("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget")
-ROLES = Resource("rbac.authorization.k8s.io", "v1", "roles", "Role")
-ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
 V1 = "registry.example/web:1"
 V2 = "registry.example/web:2"
@@ -435,7 +434,7 @@ async def test_only_a_user_with_override_policy_can_loosen_a_blocked_rollout(
 
 async def _pdb(kube: KubeClient, ns: str, name: str = "web") -> Body | None:
     try:
-        return await kube.get(PDBS, name=name, namespace=ns)
+        return await kube.get(PODDISRUPTIONBUDGETS, name=name, namespace=ns)
     except NotFound:
         return None
 
@@ -630,7 +629,7 @@ async def test_guardrail_fields_the_api_server_refuses(kube: KubeClient, namespa
 async def test_a_budget_of_the_same_name_sluice_does_not_own_is_reported_and_left_alone(
         kube: KubeClient, namespace: str, start_controller: StartController) -> None:
     ns = namespace
-    theirs = await kube.create(PDBS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+    theirs = await kube.create(PODDISRUPTIONBUDGETS, {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                                       "metadata": {"name": "web"},
                                       "spec": {"maxUnavailable": 2, "selector": {"matchLabels": {"app": "web"}}}},
                                namespace=ns)

@@ -34,6 +34,7 @@ from rollout.kube import (
     Resource,
 )
 from tests.integration.kit import (
+    PODS,
     ControllerProcess,
     create_app,
     rollout_body,
@@ -47,7 +48,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap")
-PODS = Resource("", "v1", "pods", "Pod")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 # Flags about the pod (listen addresses, ports, certificate files): the test's controller serves on loopback.
 POD_ONLY_FLAGS = ("--api-address", "--api-port", "--api-tls-cert", "--api-tls-key", "--metrics-address",
@@ -55,15 +55,13 @@ POD_ONLY_FLAGS = ("--api-address", "--api-port", "--api-tls-cert", "--api-tls-ke
 SUCCESS_RATE = ('sum(rate(http_requests_total{app="{{args.app}}",code!~"5.."}[3s])) / '
                 'sum(rate(http_requests_total{app="{{args.app}}"}[3s]))')
 
-CLUSTER_ROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
-ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
 _releases = itertools.count()
 
 
 class _ChartRules(Sequence[Json]):
     """The controller's rules in a watched namespace as the chart renders them (Secrets readable), rendered on first
-    use: for tests that run the controller as a client-certificate user (`_grant`) rather than as the chart's
+    use: for tests that run the controller as a client-certificate user (`kit.grant`) rather than as the chart's
     ServiceAccount."""
 
     @staticmethod
@@ -83,19 +81,6 @@ class _ChartRules(Sequence[Json]):
 
 
 SLUICE_RULES: Sequence[Json] = _ChartRules()
-
-
-async def _grant(kube: KubeClient, ns: str, user: str, rules: Sequence[Json]) -> None:
-    """`rules` for the client-certificate `user` in `ns`, through a ClusterRole named after the namespace (the
-    test deletes it)."""
-    role = f"{ns}-sluice"
-    await kube.create(CLUSTER_ROLES, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                                      "metadata": {"name": role}, "rules": list(rules)})
-    await kube.create(ROLE_BINDINGS, {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "sluice"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }, namespace=ns)
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,13 @@ from rollout.kube import (
     VIRTUALSERVICES,
     Body,
     KubeClient,
-    Resource,
 )
 from strategies.model import HASH_LABEL
 from tests.integration.kit import (
+    CLUSTER_ROLES,
     ControllerProcess,
     create_app,
+    grant,
     paused_at,
     resume,
     rollout_body,
@@ -51,8 +52,6 @@ pytestmark = pytest.mark.integration
 # argparse keeps the last value given, so this one wins.
 CONTROLLER_ARGS = ["--resync-seconds", "600"]
 PUT_BACK_WITHIN = 10.0
-CLUSTER_ROLES = Resource("rbac.authorization.k8s.io", "v1", "clusterroles", "ClusterRole", namespaced=False)
-ROLE_BINDINGS = Resource("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding")
 
 
 @pytest.fixture
@@ -260,25 +259,13 @@ async def _holds(check: Callable[[], Awaitable[bool]], *, seconds: float, what: 
         await asyncio.sleep(0.25)
 
 
-async def _grant(kube: KubeClient, ns: str, user: str, rules: Sequence[Body]) -> None:
-    """`rules` for `user` in `ns`, through a ClusterRole named after the namespace (deleted by the test)."""
-    role = f"{ns}-sluice"
-    await kube.create(CLUSTER_ROLES, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-                                      "metadata": {"name": role}, "rules": list(rules)})
-    await kube.create(ROLE_BINDINGS, {
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "sluice"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
-    }, namespace=ns)
-
-
 async def test_controller_not_allowed_to_watch_http_routes_becomes_ready_and_corrects_the_rest(
         kube: KubeClient, namespace: str, control_plane: Any, tmp_path: Path) -> None:
     ns, user = namespace, f"sluice-{namespace}"
     # The chart's controller rules for an install whose role leaves HTTPRoutes out, on a cluster with their CRD.
     rules = helm.controller_rules({"trafficRouting": {"gatewayAPI": {"enabled": False}}})
     assert not [r for r in rules if "httproutes" in r["resources"]]
-    await _grant(kube, ns, user, rules)
+    await grant(kube, ns, user, rules)
     proc = ControllerProcess(kubeconfig=control_plane.client_kubeconfig(user, []), namespace=ns,
                              log_path=tmp_path / "controller.log", extra_args=CONTROLLER_ARGS)
     proc.start()
