@@ -45,6 +45,4 @@ def controller(control_plane: Any, namespace: str, tmp_path: Path) -> Iterator[C
     try:
         yield proc
     finally:
-        alive = proc.alive
-        proc.stop()
-        print(f"--- controller log (alive at teardown: {alive}) ---\n{proc.log_tail()}")
+        proc.stop_and_show_log()

@@ -236,6 +236,13 @@ class ControllerProcess:
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
+    def stop_and_show_log(self, name: str = "controller", *, lines: int = 60) -> None:
+        """Teardown: stop it, then print the end of its log (pytest shows it with a failure), saying whether it was
+        still running (a controller that died during the test is the first thing to know)."""
+        alive = self.alive
+        self.stop()
+        print(f"--- {name} log (alive at teardown: {alive}) ---\n{self.log_tail(lines)}")
+
 
 # -- blue-green ----------------------------------------------------------------------------------------------------
 

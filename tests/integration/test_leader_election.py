@@ -67,9 +67,7 @@ def start_replicas(control_plane: Any, namespace: str, tmp_path: Path,
         yield start
     finally:
         for name, proc in started.items():
-            alive = proc.alive
-            proc.stop()
-            print(f"--- {name} log (alive at teardown: {alive}) ---\n{proc.log_tail(40)}")
+            proc.stop_and_show_log(name, lines=40)
 
 
 async def holder(kube: KubeClient, ns: str) -> str | None:

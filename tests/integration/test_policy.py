@@ -221,9 +221,7 @@ def start_controller(control_plane: ControlPlane, tmp_path: Path) -> Iterator[St
 
     yield start
     for proc in started:
-        alive = proc.alive
-        proc.stop()
-        print(f"--- controller log {proc.log_path.name} (alive at teardown: {alive}) ---\n{proc.log_tail()}")
+        proc.stop_and_show_log(f"controller {proc.log_path.name}")
 
 
 @pytest.fixture

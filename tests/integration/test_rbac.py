@@ -173,9 +173,7 @@ def start_controller(namespace: str, tmp_path: Path) -> Iterator[Callable[[Chart
 
     yield start
     for proc in started:
-        alive = proc.alive
-        proc.stop()
-        print(f"--- controller log (alive at teardown: {alive}) ---\n{proc.log_tail()}")
+        proc.stop_and_show_log()
 
 
 @pytest.fixture

@@ -60,9 +60,7 @@ def slow_resync(control_plane: Any, namespace: str, tmp_path: Path) -> Iterator[
                              log_path=tmp_path / "controller.log", extra_args=CONTROLLER_ARGS)
     proc.start()
     yield proc
-    alive = proc.alive
-    proc.stop()
-    print(f"--- controller log (alive at teardown: {alive}) ---\n{proc.log_tail()}")
+    proc.stop_and_show_log()
 
 
 async def _events(kube: KubeClient, ns: str, reason: str, *, containing: str = "") -> list[Body]:
